@@ -1,0 +1,12 @@
+"""Backbones, interchangeable through one registry (:func:`create_backbone`, :func:`list_backbones`)."""
+
+from . import efficientnet, mobilenet_v1, mobilenet_v2, mobileone  # noqa: F401  (registers the families)
+from ._features import Backbone, FeatureInfo
+from ._registry import create_backbone, get_backbone_factory, list_backbones, register_backbone
+from .efficientnet import EfficientNet
+from .mobilenet_v1 import MobileNetV1
+from .mobilenet_v2 import MobileNetV2
+from .mobileone import MobileOne
+
+__all__ = ["Backbone", "EfficientNet", "FeatureInfo", "MobileNetV1", "MobileNetV2", "MobileOne",
+           "create_backbone", "get_backbone_factory", "list_backbones", "register_backbone"]

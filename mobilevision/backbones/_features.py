@@ -1,0 +1,88 @@
+"""Multi-scale feature extraction shared by every backbone.
+
+A backbone is a flat sequence of blocks (``self.blocks``). When it is built it records *feature taps*:
+the output of a block, or the expansion output inside an inverted residual block (what SSDLite taps on
+MobileNetV2). Heads size themselves from :attr:`Backbone.feature_info`, never from a dummy forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One tap-able feature map: its channels, its stride w.r.t. the input, and where it comes from."""
+
+    channels: int
+    stride: int
+    module: str
+    block: int
+    expansion: bool = False
+
+
+class Backbone(nn.Module):
+    """Base class for a flat sequence of blocks, each with ``out_channels`` and ``stride`` attributes.
+
+    Taps are recorded once, at build time: the output of the last block at each stride, and the
+    expansion output of every strided block that has one (its input side, before the stride).
+    ``forward(x)`` returns the feature maps selected by ``out_indices`` (indices into
+    :attr:`all_feature_info`; default: the block outputs, one per stride), in increasing stride.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], out_indices: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.all_feature_info: list[FeatureInfo] = []
+        stride = 1
+        for i, block in enumerate(self.blocks):
+            hidden = getattr(block, "hidden_channels", block.in_channels)
+            if block.stride > 1 and hidden != block.in_channels:
+                self.all_feature_info.append(FeatureInfo(hidden, stride, f"blocks.{i}.expand", i, True))
+            stride *= block.stride
+            if i == len(self.blocks) - 1 or self.blocks[i + 1].stride > 1:
+                self.all_feature_info.append(FeatureInfo(block.out_channels, stride, f"blocks.{i}", i))
+        self.num_features = self.blocks[-1].out_channels
+        if out_indices is None:
+            out_indices = [k for k, f in enumerate(self.all_feature_info) if not f.expansion]
+        n = len(self.all_feature_info)
+        for i in out_indices:
+            if not -n <= i < n:
+                raise IndexError(f"out_index {i} out of range: {type(self).__name__} has {n} feature taps "
+                                 f"{[(f.module, f.channels, f.stride) for f in self.all_feature_info]}")
+        out_indices = tuple(i % n for i in out_indices)
+        if list(out_indices) != sorted(set(out_indices)):
+            raise ValueError(f"out_indices must be increasing and unique, got {out_indices}")
+        self.out_indices = out_indices
+        self._taps = {(f.block, f.expansion): k for k, f in enumerate(self.feature_info)}
+        self._last_block = max(f.block for f in self.feature_info)
+
+    @property
+    def feature_info(self) -> list[FeatureInfo]:
+        """Info of the selected outputs, in the order ``forward`` returns them (increasing stride)."""
+        return [self.all_feature_info[i] for i in self.out_indices]
+
+    # -- running ------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs: list[torch.Tensor | None] = [None] * len(self.out_indices)
+        for i, block in enumerate(self.blocks):
+            if (i, True) in self._taps:
+                x, expanded = block(x, return_expansion=True)
+                outs[self._taps[(i, True)]] = expanded
+            else:
+                x = block(x)
+            if (i, False) in self._taps:
+                outs[self._taps[(i, False)]] = x
+            if i == self._last_block:
+                break
+        return outs  # type: ignore[return-value]
+
+    def forward_head_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Run every block and return the last feature map (what a classifier pools)."""
+        for block in self.blocks:
+            x = block(x)
+        return x
