@@ -28,7 +28,7 @@ class MobileOne(Backbone):
     def __init__(self, widths: Sequence[float], num_branches: int = 1, se_blocks: Sequence[int] = (0, 0, 0, 0),
                  out_indices: Sequence[int] | None = None) -> None:
         channels = min(64, int(64 * widths[0]))
-        blocks: list[nn.Module] = [MobileOneBlock(3, channels, 3, 2, num_branches=num_branches)]
+        blocks: list[nn.Module] = [MobileOneBlock(3, channels, 3, 2)]  # the stem has one branch, as in apple/ml-mobileone
         for n, base, w, n_se in zip(_STAGE_BLOCKS, _STAGE_CHANNELS, widths, se_blocks):
             out = int(base * w)
             for i in range(n):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from .conv import make_divisible
 from .squeeze_excite import SqueezeExcite
 
 
@@ -42,7 +43,7 @@ class MobileOneBlock(nn.Module):
             _conv_bn(in_channels, out_channels, kernel_size, stride, groups) for _ in range(num_branches))
         self.scale = _conv_bn(in_channels, out_channels, 1, stride, groups) if kernel_size > 1 else None
         self.reparam_conv: nn.Conv2d | None = None
-        self.se = (SqueezeExcite(out_channels, out_channels // 16, nn.ReLU) if use_se else nn.Identity())
+        self.se = SqueezeExcite(out_channels, make_divisible(out_channels / 16), nn.ReLU) if use_se else nn.Identity()
         self.act = nn.ReLU(inplace=True)
 
     @property
