@@ -1,0 +1,24 @@
+"""Evaluation: model complexity (params, MAdds, latency) and metrics."""
+
+from .complexity import count_madds, count_params, measure_latency, measure_latency_interleaved, spearman
+
+__all__ = ["count_madds", "count_params", "measure_latency", "measure_latency_interleaved", "spearman"]
+
+# COCO box mAP (pycocotools / faster-coco-eval as libraries)
+from .coco import (  # noqa: E402
+    BACKENDS as COCO_BACKENDS,
+    STAT_KEYS as COCO_STAT_KEYS,
+    COCOEvaluator,
+    evaluate_results_file,
+    format_coco_summary,
+    scale_boxes,
+)
+
+__all__ += [
+    "COCO_BACKENDS",
+    "COCO_STAT_KEYS",
+    "COCOEvaluator",
+    "evaluate_results_file",
+    "format_coco_summary",
+    "scale_boxes",
+]

@@ -1,0 +1,163 @@
+"""Model complexity: parameter count, multiply-accumulates, measured latency, and rank correlation.
+
+MAdds are counted by :class:`torch.utils.flop_counter.FlopCounterMode`, which records the FLOPs of
+every convolution and matrix multiplication the forward pass dispatches (``2 * MACs``, from the actual
+weight shapes, so grouped and depthwise convs count ``C_out * C_in/groups * k * k`` per output pixel).
+Element-wise work (BN, activations, the residual adds, the squeeze-excite gate) and conv biases are
+not counted, which is the convention of the MobileNet / EfficientNet / MobileOne papers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_madds", "count_params", "measure_latency", "measure_latency_interleaved", "spearman"]
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (each shared tensor counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def count_madds(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) -> int:
+    """Multiply-accumulates of one forward pass on a zero tensor of ``input_size`` (eval mode).
+
+    ``FlopCounterMode`` reports 2 FLOPs per multiply-accumulate for conv/mm/bmm/addmm, so the
+    result is its total divided by two. The model's train/eval mode is restored afterwards.
+    """
+    device, dtype = _model_device_dtype(model)
+    x = torch.zeros(tuple(input_size), device=device, dtype=dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops()) // 2
+
+
+# -- latency ---------------------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _stats(times_s: Sequence[float]) -> dict:
+    ms = np.asarray(times_s, dtype=np.float64) * 1e3
+    return {
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "repeats": int(ms.size),
+    }
+
+
+def measure_latency_interleaved(models: Mapping[str, nn.Module], input: torch.Tensor, warmup: int = 5,
+                                repeats: int = 30, device: str | torch.device | None = None,
+                                time_budget_s: float | None = None, min_repeats: int = 3) -> dict[str, dict]:
+    """Latency of several models measured side by side: every round runs each model once, in turn
+    (the order rotates from round to round, so none always runs first).
+
+    Alternating run by run puts every model under the same conditions (CPU frequency, cache state,
+    load from other processes). Each model is moved to ``device`` (default: where ``input`` is) and
+    put in eval mode; runs are under :func:`torch.inference_mode`, and CUDA is synchronized around
+    every timed run. With ``time_budget_s`` the timed rounds stop once that many seconds have passed
+    (but never before ``min_repeats`` rounds), so slow models get fewer repeats; the warm-up rounds
+    then also stop early (after at least one) once a fifth of that budget has passed.
+
+    Returns ``{name: {"median_ms", "p90_ms", "mean_ms", "min_ms", "repeats"}}``.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    device = torch.device(device) if device is not None else input.device
+    x = input.to(device)
+    runs = {name: m.to(device).eval() for name, m in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for _ in range(max(0, warmup)):
+            for m in runs.values():
+                m(x)
+            _sync(device)
+            if time_budget_s is not None and time.perf_counter() - start >= time_budget_s / 5:
+                break
+        names = list(runs)
+        start = time.perf_counter()
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+                m = runs[name]
+                _sync(device)
+                t0 = time.perf_counter()
+                m(x)
+                _sync(device)
+                times[name].append(time.perf_counter() - t0)
+            if (time_budget_s is not None and r + 1 >= min(min_repeats, repeats)
+                    and time.perf_counter() - start >= time_budget_s):
+                break
+    return {name: _stats(t) for name, t in times.items()}
+
+
+def measure_latency(model: nn.Module, input: torch.Tensor, warmup: int = 5, repeats: int = 30,
+                    device: str | torch.device | None = None, time_budget_s: float | None = None) -> dict:
+    """Latency of ``model(input)`` in milliseconds: ``{"median_ms", "p90_ms", "mean_ms", "min_ms", "repeats"}``.
+
+    ``warmup`` untimed runs, then ``repeats`` timed ones (fewer if ``time_budget_s`` runs out, at
+    least 3), under :func:`torch.inference_mode`, synchronizing CUDA around each run.
+    """
+    return measure_latency_interleaved({"model": model}, input, warmup, repeats, device, time_budget_s)["model"]
+
+
+# -- rank correlation ------------------------------------------------------------------------------
+
+def _rank(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties given the average of the ranks they span."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_vals = values[order]
+    ranks = np.empty(len(values), dtype=np.float64)
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_vals[j + 1] == sorted_vals[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation: Pearson correlation of the ranks (ties averaged).
+
+    NaN when fewer than two points or when either side is constant.
+    """
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
+    if x.size < 2:
+        return float("nan")
+    rx, ry = _rank(x), _rank(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
