@@ -1,0 +1,70 @@
+"""SSD inference post-processing: softmax, per-class top-k, decode, clip, class-wise NMS."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+
+from .anchors import as_size
+from .box_coder import BoxCoder
+from .loss import _anchors_per_image
+
+
+def _sizes_per_image(image_size, batch: int) -> list[tuple[int, int]]:
+    if isinstance(image_size, (int, torch.Size)) or all(isinstance(s, int) for s in image_size):
+        return [as_size(image_size)] * batch  # one size (or an images.shape) for the whole batch
+    if len(image_size) != batch:
+        raise ValueError(f"got {len(image_size)} image sizes for a batch of {batch}")
+    return [as_size(s) for s in image_size]
+
+
+@torch.no_grad()
+def postprocess(
+    cls_logits: torch.Tensor,
+    bbox_regression: torch.Tensor,
+    anchors: torch.Tensor | Sequence[torch.Tensor],
+    image_size: int | Sequence[int] | Sequence[Sequence[int]],
+    score_thresh: float = 0.01,
+    topk_candidates: int = 300,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+    box_coder: BoxCoder | None = None,
+    min_size: float = 0.0,
+) -> list[dict[str, torch.Tensor]]:
+    """Detections per image from raw SSD outputs.
+
+    ``cls_logits [B, A, C + 1]`` (0 = background), ``bbox_regression [B, A, 4]``, ``anchors [A, 4]`` xyxy
+    (or one per image); ``image_size``: ``int``, ``(H, W)`` for the whole batch, or one ``(H, W)`` per image
+    (boxes are clipped to it). Per image: softmax over classes, drop background; for each class keep
+    the ``topk_candidates`` highest-scoring anchors whose score is ``> score_thresh``; decode and clip
+    those boxes; drop boxes smaller than ``min_size`` pixels (when ``min_size > 0``); class-wise NMS
+    at ``nms_thresh``; keep the ``detections_per_img`` best.
+
+    Returns ``[{"boxes": [D, 4] xyxy network-input pixels, "scores": [D], "labels": [D] in 0..C-1}]``,
+    sorted by decreasing score.
+    """
+    box_coder = box_coder or BoxCoder()
+    batch, num_anchors, num_outputs = cls_logits.shape
+    num_classes = num_outputs - 1
+    anchors_list = _anchors_per_image(anchors, batch)
+    sizes = _sizes_per_image(image_size, batch)
+    scores_all = F.softmax(cls_logits.float(), dim=-1)[..., 1:]  # [B, A, C]
+    results = []
+    for scores, deltas, anc, size in zip(scores_all, bbox_regression, anchors_list, sizes):
+        k = min(topk_candidates, num_anchors)
+        top_scores, top_anchor = scores.topk(k, dim=0)  # [k, C], per class
+        labels = torch.arange(num_classes, device=scores.device).expand(k, num_classes)
+        top_scores, top_anchor, labels = top_scores.reshape(-1), top_anchor.reshape(-1), labels.reshape(-1)
+        keep = top_scores > score_thresh
+        top_scores, top_anchor, labels = top_scores[keep], top_anchor[keep], labels[keep]
+        boxes = box_coder.decode(deltas[top_anchor].float(), anc[top_anchor].float())
+        boxes = clip_boxes_to_image(boxes, size)
+        if min_size > 0:
+            keep = remove_small_boxes(boxes, min_size)
+            boxes, top_scores, labels = boxes[keep], top_scores[keep], labels[keep]
+        keep = batched_nms(boxes, top_scores, labels, nms_thresh)[:detections_per_img]
+        results.append({"boxes": boxes[keep], "scores": top_scores[keep], "labels": labels[keep]})
+    return results
