@@ -3,18 +3,21 @@
 MAdds are counted by :class:`torch.utils.flop_counter.FlopCounterMode`, which records the FLOPs of
 every convolution and matrix multiplication the forward pass dispatches (``2 * MACs``, from the actual
 weight shapes, so grouped and depthwise convs count ``C_out * C_in/groups * k * k`` per output pixel).
+The forward pass runs on the ``meta`` device, so counting costs no arithmetic even for big models.
 Element-wise work (BN, activations, the residual adds, the squeeze-excite gate) and conv biases are
 not counted, which is the convention of the MobileNet / EfficientNet / MobileOne papers.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_madds", "count_params", "measure_latency", "measure_latency_interleaved", "spearman"]
@@ -40,21 +43,38 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def count_madds(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) -> int:
-    """Multiply-accumulates of one forward pass on a zero tensor of ``input_size`` (eval mode).
+    """Multiply-accumulates of one forward pass on an input of ``input_size`` (eval mode).
 
     ``FlopCounterMode`` reports 2 FLOPs per multiply-accumulate for conv/mm/bmm/addmm, so the
-    result is its total divided by two. The model's train/eval mode is restored afterwards.
+    result is its total divided by two. The pass runs on the ``meta`` device (shapes only, no
+    arithmetic: parameters and buffers are swapped for meta tensors with
+    :func:`torch.func.functional_call`, the model itself is untouched), falling back to a real pass on
+    zeros for models whose forward needs actual values. Train/eval mode is restored afterwards.
     """
-    device, dtype = _model_device_dtype(model)
-    x = torch.zeros(tuple(input_size), device=device, dtype=dtype)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            model(x)
+        try:
+            return _count_flops_meta(model, input_size) // 2
+        except Exception:  # data-dependent forward: count on a real pass
+            device, dtype = _model_device_dtype(model)
+            x = torch.zeros(tuple(input_size), device=device, dtype=dtype)
+            with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+                model(x)
+            return int(counter.get_total_flops()) // 2
     finally:
         model.train(was_training)
-    return int(counter.get_total_flops()) // 2
+
+
+def _count_flops_meta(model: nn.Module, input_size: Sequence[int]) -> int:
+    _, dtype = _model_device_dtype(model)
+    state = {name: torch.empty_like(t, device="meta")
+             for name, t in itertools.chain(model.named_parameters(remove_duplicate=False),
+                                            model.named_buffers(remove_duplicate=False))}
+    x = torch.empty(tuple(input_size), device="meta", dtype=dtype)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        functional_call(model, state, (x,), tie_weights=False)
+    return int(counter.get_total_flops())
 
 
 # -- latency ---------------------------------------------------------------------------------------
