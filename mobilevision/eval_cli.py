@@ -31,8 +31,16 @@ def _add_coco_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a COCO bbox results JSON (list of {image_id, category_id, bbox [x,y,w,h], score}) "
         "against COCO annotations with the official COCO API; every ground-truth image is evaluated.",
     )
-    p.add_argument("--annotations", required=True, type=Path, help="COCO instances annotation JSON (ground truth)")
-    p.add_argument("--results", required=True, type=Path, help="COCO bbox results JSON (detections)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--results", type=Path, help="COCO bbox results JSON (detections) to evaluate")
+    source.add_argument("--checkpoint", type=Path, help="DetectionTask checkpoint to run on the annotated images")
+    p.add_argument("--annotations", type=Path, help="COCO instances annotation JSON (ground truth); with "
+                   "--checkpoint, default: the validation set the checkpoint was trained with")
+    p.add_argument("--images", type=Path, help="with --checkpoint: image folder of --annotations")
+    p.add_argument("--results-out", type=Path, help="with --checkpoint: write the detections as a COCO results JSON")
+    p.add_argument("--draw", type=Path, help="with --checkpoint: save a PNG of detections on validation images")
+    p.add_argument("--draw-count", type=int, default=8, help="images in the --draw picture")
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json-out", type=Path, default=None, help="write the 12 stats + per_category here")
     p.add_argument("--backend", choices=BACKENDS, default="pycocotools", help="COCO API implementation")
     p.add_argument("--per-category", action="store_true", help="also print the per-category AP table")
@@ -63,11 +71,70 @@ def _print_coco(stats: dict, per_category: bool, title: str) -> None:
         console.print(cat_table)
 
 
+def _evaluate_checkpoint(args: argparse.Namespace) -> dict:
+    """Run a DetectionTask checkpoint over a COCO-format set with Lightning's validate loop."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    from .data import CocoDetectionDataModule
+    from .tasks import DetectionTask, load_task
+
+    task, ckpt = load_task(args.checkpoint, DetectionTask)
+    data_args = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    if (args.annotations is None) != (args.images is None):
+        raise ValueError("give both --annotations and --images (or neither, for the checkpoint's own validation set)")
+    if args.annotations is not None:  # evaluate on another set; training paths only feed the category list
+        data_args.update(train_images=str(args.images), train_annotations=str(args.annotations),
+                         val_images=str(args.images), val_annotations=str(args.annotations))
+    data_args.update(batch_size=args.batch_size, cache_images=False)
+    dm = CocoDetectionDataModule(**data_args)
+    if task.hparams.label_to_category_id and list(task.hparams.label_to_category_id) != dm.label_to_category_id:
+        raise ValueError(f"{args.checkpoint} predicts category ids {task.hparams.label_to_category_id}, but "
+                         f"{dm.val_annotations} has {dm.label_to_category_id}")
+    task.hparams.eval_backend = args.backend
+    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+                         callbacks=[RichProgressBar()])
+    trainer.validate(task, datamodule=dm, verbose=False)
+    stats = task.last_metrics
+    print(f"COCO bbox evaluation of {args.checkpoint} on {dm.val_annotations} [{args.backend}]")
+    if args.results_out is not None:
+        task.evaluator.results_json(args.results_out)
+        print(f"wrote {args.results_out}")
+    if args.draw is not None:
+        _draw_predictions(task, dm, args.draw, args.draw_count)
+        print(f"wrote {args.draw}")
+    return stats
+
+
+def _draw_predictions(task, dm, path: Path, count: int) -> None:
+    import torch
+
+    from .evaluation.coco import scale_boxes
+    from .evaluation.visualize import draw_detections
+
+    dataset = dm.val_dataset
+    count = min(count, len(dataset))
+    images, targets = zip(*(dataset[i] for i in range(count)))
+    with torch.no_grad():
+        outputs = task(torch.stack(images))
+        detections = task.model.postprocess(outputs)
+    originals = [dataset.load_image(i) for i in range(count)]
+    scaled = []
+    for tgt, det in zip(targets, detections):
+        scaled.append({**det, "boxes": scale_boxes(det["boxes"], outputs["image_size"], tgt["orig_size"], clip=True)})
+    draw_detections(originals, scaled, dm.category_names, path)
+
+
 def _run_coco(args: argparse.Namespace) -> int:
     from .evaluation.coco import evaluate_results_file
 
-    stats = evaluate_results_file(args.annotations, args.results, backend=args.backend)
-    print(f"COCO bbox evaluation of {args.results} against {args.annotations} [{args.backend}]")
+    if args.checkpoint is not None:
+        stats = _evaluate_checkpoint(args)
+    else:
+        if args.annotations is None:
+            raise ValueError("--results needs --annotations")
+        stats = evaluate_results_file(args.annotations, args.results, backend=args.backend)
+        print(f"COCO bbox evaluation of {args.results} against {args.annotations} [{args.backend}]")
     _print_coco(stats, args.per_category, title="COCO bbox mAP")
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

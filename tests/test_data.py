@@ -13,6 +13,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
 from PIL import Image
 
 from mobilevision.data import (
@@ -24,10 +25,10 @@ from mobilevision.data import (
     ensure_shapes_dataset,
     eval_transforms,
     render_shapes_image,
-    rescale_boxes,
     train_transforms,
 )
 from mobilevision.data import shapes as shapes_mod
+from mobilevision.evaluation import scale_boxes
 
 TINY = {"num_train": 16, "num_val": 8, "image_size": 96, "seed": 0}
 
@@ -376,7 +377,7 @@ def test_transform_output_format_and_eval():
     assert x.dtype == torch.float32 and x.shape == (3, 32, 32)
     assert np.allclose(b, [[8 * 32 / 80, 5 * 32 / 50, 40 * 32 / 80, 45 * 32 / 50]]) and labels.tolist() == [2]
     assert abs(float(x.mean())) < 1.5  # normalized
-    back = rescale_boxes(torch.from_numpy(b), (32, 32), (50, 80))
+    back = scale_boxes(torch.from_numpy(b), (32, 32), (50, 80))
     assert torch.allclose(back, torch.from_numpy(boxes), atol=1e-4)
     x, b, labels = train_transforms(32, "ssd")(image, boxes, np.array([2]))
     assert x.shape == (3, 32, 32) and b.dtype == np.float32 and labels.dtype == np.int64
@@ -431,7 +432,7 @@ def test_datamodule_shapes(tiny_shapes, tmp_path):
         assert images.shape[1:] == (3, 64, 64)
         for t in targets:
             anns = dm.val_coco.imgToAnns[t["image_id"]]
-            back = rescale_boxes(t["boxes"], (64, 64), t["orig_size"])
+            back = scale_boxes(t["boxes"], (64, 64), t["orig_size"])
             expected = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]).reshape(-1, 4)
             assert torch.allclose(back, expected.float(), atol=1e-3)
             n += 1

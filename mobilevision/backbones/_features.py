@@ -25,6 +25,23 @@ class FeatureInfo:
     expansion: bool = False
 
 
+def init_weights(module: nn.Module) -> None:
+    """He (fan-out) init for convs, unit BN, small-normal linears: the scheme of the reference MobileNet /
+    EfficientNet implementations (torchvision, timm), which keeps activations well scaled through the
+    depth when training from scratch (PyTorch's default init shrinks them layer after layer)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
 class Backbone(nn.Module):
     """Base class for a flat sequence of blocks, each with ``out_channels`` and ``stride`` attributes.
 
@@ -60,6 +77,7 @@ class Backbone(nn.Module):
         self.out_indices = out_indices
         self._taps = {(f.block, f.expansion): k for k, f in enumerate(self.feature_info)}
         self._last_block = max(f.block for f in self.feature_info)
+        init_weights(self)
 
     @property
     def feature_info(self) -> list[FeatureInfo]:

@@ -4,7 +4,7 @@ This package depends only on torch / albumentations / pycocotools / Lightning; i
 ``mobilevision.models`` or the tasks.
 """
 
-from .coco import CocoDetection, ImageDecodeError, ImageSizeMismatchError, load_coco, load_rgb_image, rescale_boxes
+from .coco import CocoDetection, ImageDecodeError, ImageSizeMismatchError, load_coco, load_rgb_image
 from .detection_datamodule import CocoDetectionDataModule, ImageFolderDataset, detection_collate
 from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, render_shapes_image, shapes_paths
 from .transforms import (
@@ -35,7 +35,6 @@ __all__ = [
     "load_coco",
     "load_rgb_image",
     "render_shapes_image",
-    "rescale_boxes",
     "shapes_paths",
     "train_transforms",
 ]

@@ -45,7 +45,6 @@ __all__ = [
     "ImageSizeMismatchError",
     "load_coco",
     "load_rgb_image",
-    "rescale_boxes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -127,18 +126,6 @@ def _header_size(path: str) -> tuple[int, int]:
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(f"cannot read image header of {path}: {type(e).__name__}: {e}") from e
     return w, h
-
-
-def rescale_boxes(boxes: torch.Tensor, from_size: Sequence[int], to_size: Sequence[int]) -> torch.Tensor:
-    """Scale xyxy ``boxes`` from an image of size ``from_size`` (h, w) to ``to_size`` (h, w).
-
-    E.g. map predictions on the resized network input back to the original image:
-    ``rescale_boxes(pred, (S, S), target["orig_size"])``.
-    """
-    fh, fw = (float(v) for v in from_size)
-    th, tw = (float(v) for v in to_size)
-    scale = torch.tensor([tw / fw, th / fh, tw / fw, th / fh], dtype=boxes.dtype, device=boxes.device)
-    return boxes * scale
 
 
 class CocoDetection(torch.utils.data.Dataset):

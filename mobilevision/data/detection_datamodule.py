@@ -78,7 +78,7 @@ class CocoDetectionDataModule(pl.LightningDataModule):
     ``{"boxes": float32 (N, 4) xyxy in network-input pixels (after the resize to S x S),
     "labels": int64 (N,) contiguous 0..C-1, "image_id": int (the COCO image id),
     "orig_size": (h, w) of the original image}``.  Map predictions back to the original image
-    with ``mobilevision.data.coco.rescale_boxes(boxes, (S, S), orig_size)`` and to COCO category
+    with ``mobilevision.evaluation.scale_boxes(boxes, (S, S), orig_size)`` and to COCO category
     ids with ``label_to_category_id``; ``val_coco`` is the pycocotools ground truth.
 
     Args:

@@ -18,7 +18,7 @@ albumentations 2.0.8 has no SSD IoU crop or zoom-out, so :class:`SSDRandomIoUCro
 :class:`ZoomOut` implement them as ``DualTransform``s.
 
 Resize is a plain (aspect-ratio changing) resize to a square, so network-input boxes map back to
-the original image with ``x * w / S``, ``y * h / S`` (see ``mobilevision.data.coco.rescale_boxes``).
+the original image with ``x * w / S``, ``y * h / S`` (see ``mobilevision.evaluation.scale_boxes``).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone, create_backbone
+from ..backbones._features import init_weights
 
 
 class ImageClassifier(nn.Module):
@@ -15,6 +16,7 @@ class ImageClassifier(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(backbone.num_features, num_classes)
+        init_weights(self.fc)
         self.num_classes = num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,137 @@
+"""``tools/train.py``: LightningCLI with task shortcuts.
+
+``tools/train.py --task ssdlite --backbone mobilenet_v2`` is short for
+``tools/train.py fit --config configs/ssdlite/shapes.yaml --model.init_args.backbone mobilenet_v2``:
+``--task`` picks the LightningModule / data module pair and, unless ``--config`` is given, the task's
+default config (on the embedded dataset); ``--backbone`` sets the model's backbone; the subcommand
+defaults to ``fit``. Everything else is plain LightningCLI (``fit``, ``validate``, ``test``,
+``predict``, ``--ckpt_path``, ``--print_config``, ``--trainer.*``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from pytorch_lightning import LightningDataModule, LightningModule
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from .data.detection_datamodule import CocoDetectionDataModule
+from .tasks import DetectionTask
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    model: type[LightningModule]
+    data: type[LightningDataModule]
+    default_config: str
+    monitor: str
+    links: tuple[str, ...] = field(default=())  # data attributes linked to the model's init argument of the same name
+
+
+TASKS = {
+    "ssdlite": TaskSpec(DetectionTask, CocoDetectionDataModule, "ssdlite/shapes.yaml", "val/map",
+                        ("num_classes", "image_size", "label_to_category_id", "category_names")),
+}
+
+
+class MobileVisionCLI(LightningCLI):
+    def __init__(self, task: str, **kwargs) -> None:
+        self.task = TASKS[task]
+        trainer_defaults = {
+            "default_root_dir": f"outputs/{task}",
+            "precision": "16-mixed" if torch.cuda.is_available() else "32-true",
+            "callbacks": [RichProgressBar(), LearningRateMonitor("step")],
+        }
+        super().__init__(self.task.model, self.task.data, subclass_mode_model=True, subclass_mode_data=True,
+                         trainer_defaults=trainer_defaults, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in self.task.links:
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.monitor": self.task.monitor, "checkpoint.mode": "max",
+                             "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}",
+                             "checkpoint.auto_insert_metric_name": False,
+                             "checkpoint.save_on_train_epoch_end": True})  # last.ckpt = the final weights
+
+    def instantiate_trainer(self, **kwargs):
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("enable_progress_bar") is False:  # the rich bar is the default, not a must
+            self.trainer_defaults["callbacks"] = [
+                c for c in self.trainer_defaults["callbacks"] if not isinstance(c, RichProgressBar)]
+        return super().instantiate_trainer(**kwargs)
+
+    def _checkpoint_loads_safely(self) -> None:
+        """Checkpoints given with ``--ckpt_path`` load with ``weights_only=True`` unless asked otherwise."""
+        kwargs = self.config_init[self.subcommand]
+        if kwargs.get("weights_only") is None:
+            kwargs["weights_only"] = True
+
+    before_fit = before_validate = before_test = before_predict = _checkpoint_loads_safely
+
+
+def task_of(argv: list[str]) -> str:
+    """The task named by ``--task``, or by the class_path of the model in a ``--config`` file."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--task"):
+            return arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
+            class_path = (yaml.safe_load(Path(argv[i + 1]).read_text()) or {}).get("model", {}).get("class_path", "")
+            for name, spec in TASKS.items():
+                if class_path.endswith(spec.model.__name__):
+                    return name
+    return "ssdlite"
+
+
+def expand_shortcuts(argv: list[str]) -> tuple[str, list[str]]:
+    """Rewrite ``--task`` / ``--backbone`` shortcuts into plain LightningCLI arguments."""
+    task = task_of(argv)
+    if task not in TASKS:
+        raise SystemExit(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    args, backbone, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        key, _, value = arg.partition("=")
+        if key in ("--task", "--backbone"):
+            if not value:
+                i += 1
+                value = argv[i]
+            if key == "--backbone":
+                backbone = value
+        else:
+            args.append(arg)
+        i += 1
+    subcommand = args.pop(0) if args and args[0] in SUBCOMMANDS else "fit"
+    user_config = any(a == "--config" or a.startswith("--config=") for a in args)
+    default = [] if user_config else ["--config", str(CONFIG_DIR / TASKS[task].default_config)]
+    out = [subcommand, *default, *args]
+    if backbone:
+        out += ["--model.init_args.backbone", backbone]
+    return task, out
+
+
+def main(argv: list[str] | None = None) -> MobileVisionCLI:
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("tasks:", ", ".join(TASKS))
+        return None  # type: ignore[return-value]
+    task, args = expand_shortcuts(argv)
+    if from_command_line:  # LightningCLI reads sys.argv itself
+        sys.argv = [sys.argv[0], *args]
+        return MobileVisionCLI(task)
+    return MobileVisionCLI(task, args=args)
+
+
+if __name__ == "__main__":
+    main()

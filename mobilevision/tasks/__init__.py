@@ -1,0 +1,6 @@
+"""LightningModules, one per task."""
+
+from .checkpoint import load_checkpoint, load_task
+from .detection import DetectionTask
+
+__all__ = ["DetectionTask", "load_checkpoint", "load_task"]

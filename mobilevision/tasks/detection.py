@@ -1,0 +1,155 @@
+"""SSDLite detection as a LightningModule: training loss, COCO mAP validation, prediction."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from ..evaluation.coco import COCOEvaluator, scale_boxes
+from ..models import SSDLite
+from ._optim import OptimizerName, build_optimizer, param_groups, schedule
+
+# COCOeval stat key -> logged metric name (torchmetrics' MeanAveragePrecision naming)
+METRIC_NAMES = {"AP": "map", "AP50": "map_50", "AP75": "map_75", "APs": "map_small", "APm": "map_medium",
+                "APl": "map_large", "AR1": "mar_1", "AR10": "mar_10", "AR100": "mar_100", "ARs": "mar_small",
+                "ARm": "mar_medium", "ARl": "mar_large"}
+
+
+class DetectionTask(pl.LightningModule):
+    """Train and evaluate an :class:`~mobilevision.models.SSDLite` detector.
+
+    Args:
+        backbone, width, backbone_kwargs, image_size, num_classes: the network (``num_classes`` is
+            linked from the data module by the CLI).
+        backbone_weights: ImageNet weights for the backbone: a torchvision / timm state dict file of
+            the same architecture, or ``"imagenet"`` (see :func:`mobilevision.backbones.load_pretrained`).
+        optimizer, lr, momentum, weight_decay: SGD / RMSProp / AdamW; no decay on norms and biases.
+        warmup, min_lr_ratio: linear warm-up (fraction of training), then cosine to ``lr * min_lr_ratio``,
+            driven by steps or by ``trainer.max_time``, whichever runs out first.
+        channels_last: NHWC memory format (faster convolutions on CPU and on tensor cores).
+        score_thresh, nms_thresh, detections_per_img: postprocessing.
+        label_to_category_id: contiguous label -> dataset category id (linked from the data module);
+            kept in the checkpoint so predictions can be mapped back without the dataset.
+        eval_backend: ``pycocotools`` or ``faster_coco_eval``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v2",
+        num_classes: int = 80,
+        image_size: int = 320,
+        width: float | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        backbone_weights: str | None = None,
+        optimizer: OptimizerName = "sgd",
+        lr: float = 0.15,
+        momentum: float = 0.9,
+        weight_decay: float = 4e-5,
+        warmup: float = 0.02,
+        min_lr_ratio: float = 0.0,
+        channels_last: bool = False,
+        score_thresh: float = 0.01,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+        label_to_category_id: list[int] | None = None,
+        category_names: list[str] | None = None,
+        eval_backend: str = "pycocotools",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = SSDLite(backbone, num_classes, image_size, width, backbone_kwargs,
+                             score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img)
+        if backbone_weights:
+            self._load_backbone_weights(backbone_weights)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.evaluator: COCOEvaluator | None = None
+        self.last_metrics: dict[str, Any] = {}
+
+    def _load_backbone_weights(self, weights: str) -> None:
+        from ..models import create_classifier
+
+        hp = self.hparams
+        kwargs = dict(hp.backbone_kwargs or {})
+        if hp.width is not None:
+            kwargs["width"] = hp.width
+        classifier = create_classifier(hp.backbone, weights=weights, **kwargs)
+        self.model.backbone.load_state_dict(classifier.backbone.state_dict())
+
+    # -- steps ------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> dict[str, Any]:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.model.compute_loss(self(images), targets)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(images))
+        return losses["loss"]
+
+    def _detections(self, outputs: dict[str, Any], targets: Sequence[dict]) -> list[dict]:
+        """Postprocessed detections in each image's original pixels, with labels as given."""
+        detections = self.model.postprocess(outputs)
+        size = outputs["image_size"]
+        out = []
+        for det, tgt in zip(detections, targets):
+            h, w = (int(v) for v in tgt["orig_size"])
+            out.append({"image_id": int(tgt["image_id"]), "boxes": scale_boxes(det["boxes"], size, (h, w), clip=True),
+                        "scores": det["scores"], "labels": det["labels"]})
+        return out
+
+    def _start_eval(self) -> None:
+        dm = self.trainer.datamodule
+        self.evaluator = COCOEvaluator(dm.val_coco, label_to_category_id=dm.label_to_category_id,
+                                       backend=self.hparams.eval_backend)
+
+    def _eval_step(self, batch, stage: str) -> None:
+        images, targets = batch
+        outputs = self(images)
+        self.evaluator.update(self._detections(outputs, targets))
+        losses = self.model.compute_loss(outputs, targets)
+        self.log(f"{stage}/loss", losses["loss"], batch_size=len(images), sync_dist=True)
+
+    def _end_eval(self, stage: str) -> None:
+        stats = self.evaluator.compute()  # gathers predictions from every process under DDP
+        self.last_metrics = stats
+        # every process holds the same gathered stats, so no sync_dist
+        self.log(f"{stage}/map", float(stats["AP"]), prog_bar=True)
+        self.log_dict({f"{stage}/{METRIC_NAMES[k]}": float(stats[k]) for k in METRIC_NAMES if k != "AP"})
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
+
+    def predict_step(self, batch, batch_idx: int) -> list[dict]:
+        """Detections in original image pixels, with dataset category ids (``category_id``)."""
+        images, targets = batch
+        lut = self.hparams.label_to_category_id
+        out = self._detections(self(images), targets)
+        for det in out:
+            det["category_ids"] = (torch.as_tensor(lut, device=det["labels"].device)[det["labels"]]
+                                   if lut else det["labels"])
+        return out
+
+    # -- optimization ---------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = param_groups([(self.model, 1.0)], hp.weight_decay)
+        return schedule(build_optimizer(groups, hp.optimizer, hp.lr, hp.momentum), self, hp.warmup, hp.min_lr_ratio)

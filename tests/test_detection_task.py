@@ -1,0 +1,152 @@
+"""DetectionTask + CLI: every config fits, checkpoints round-trip safely, DDP gathers mAP correctly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from mobilevision.cli import CONFIG_DIR, expand_shortcuts, main
+from mobilevision.data import CocoDetectionDataModule, ensure_shapes_dataset
+from mobilevision.eval_cli import main as eval_main
+from mobilevision.tasks import DetectionTask, load_task
+
+SSDLITE_CONFIGS = sorted((CONFIG_DIR / "ssdlite").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("shapes")
+    return ensure_shapes_dataset(root, num_train=8, num_val=5, image_size=96, seed=1)
+
+
+def data_args(paths: dict, batch_size: int = 2) -> list[str]:
+    return ["--data.init_args.train_images", str(paths["train_images"]),
+            "--data.init_args.train_annotations", str(paths["train_annotations"]),
+            "--data.init_args.val_images", str(paths["val_images"]),
+            "--data.init_args.val_annotations", str(paths["val_annotations"]),
+            "--data.init_args.image_size", "96", "--data.init_args.batch_size", str(batch_size),
+            "--data.init_args.num_workers", "0"]
+
+
+def test_shortcuts_expand_to_lightning_arguments():
+    task, args = expand_shortcuts(["--task", "ssdlite", "--backbone", "mobilenet_v1", "--trainer.max_epochs=3"])
+    assert task == "ssdlite"
+    assert args[:3] == ["fit", "--config", str(CONFIG_DIR / "ssdlite/shapes.yaml")]
+    assert args[-2:] == ["--model.init_args.backbone", "mobilenet_v1"] and "--trainer.max_epochs=3" in args
+    # a user config replaces the default one, and names the task through its model class
+    cfg = str(CONFIG_DIR / "ssdlite/coco_mobilenet_v2.yaml")
+    task, args = expand_shortcuts(["validate", "--config", cfg])
+    assert task == "ssdlite" and args == ["validate", "--config", cfg]
+    with pytest.raises(SystemExit, match="unknown task"):
+        expand_shortcuts(["--task", "segmentation"])
+
+
+@pytest.mark.parametrize("config", SSDLITE_CONFIGS, ids=lambda p: p.stem)
+def test_every_config_fits(config, tiny_shapes, tmp_path):
+    cli = main(["fit", "--config", str(config), *data_args(tiny_shapes),
+                "--model.init_args.backbone_weights", "null", "--trainer.fast_dev_run", "1",
+                "--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer.sync_batchnorm", "false",
+                "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false",
+                "--trainer.default_root_dir", str(tmp_path)])
+    metrics = cli.trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"]) and 0 <= float(metrics["val/map"]) <= 1
+    # the data module's categories were linked into the model
+    assert cli.model.hparams.num_classes == 5 and cli.model.hparams.label_to_category_id == [1, 3, 7, 11, 20]
+
+
+def _train_tiny(paths: dict, root: Path, steps: int = 30) -> tuple[pl.Trainer, DetectionTask, CocoDetectionDataModule]:
+    pl.seed_everything(0)
+    dm = CocoDetectionDataModule(paths["train_images"], paths["train_annotations"], paths["val_images"],
+                                 paths["val_annotations"], image_size=96, batch_size=4, num_workers=0, augment="flip")
+    task = DetectionTask(backbone="mobilenet_v2", width=0.35, num_classes=dm.num_classes, image_size=96,
+                         optimizer="adamw", lr=3e-3, weight_decay=0.0, label_to_category_id=dm.label_to_category_id)
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=root, num_sanity_val_steps=0,
+                         check_val_every_n_epoch=1000)
+    trainer.fit(task, datamodule=dm)
+    return trainer, task, dm
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_shapes, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    trainer, task, dm = _train_tiny(tiny_shapes, root)
+    ckpt = root / "tiny.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return task, dm, ckpt
+
+
+def test_checkpoint_round_trip(trained):
+    task, dm, ckpt = trained
+    loaded, raw = load_task(ckpt, DetectionTask)
+    assert raw["datamodule_hyper_parameters"]["val_annotations"] == dm.hparams.val_annotations
+    dm.setup("validate")
+    images, _ = next(iter(dm.val_dataloader()))
+    task.eval()
+    with torch.no_grad():
+        a, b = task.model.predict(images), loaded.model.predict(images)
+    for da, db in zip(a, b):
+        assert torch.equal(da["boxes"], db["boxes"]) and torch.equal(da["labels"], db["labels"])
+
+
+def test_bad_checkpoints_are_clear_errors(trained, tmp_path):
+    _, _, ckpt = trained
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_task(tmp_path / "missing.ckpt", DetectionTask)
+    weights_only = tmp_path / "weights.pth"
+    torch.save(DetectionTask(num_classes=3, width=0.35).state_dict(), weights_only)
+    with pytest.raises(ValueError, match="weights.pth is not a mobilevision training checkpoint"):
+        load_task(weights_only, DetectionTask)
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt.ckpt"):
+        load_task(corrupt, DetectionTask)
+    # a pickled object that weights_only refuses: never executed
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": Path("/")}}, evil)
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_task(evil, DetectionTask)
+    # hyper-parameters of the right task but another architecture
+    raw = torch.load(ckpt, weights_only=True)
+    raw["hyper_parameters"]["backbone"] = "mobilenet_v1"
+    other = tmp_path / "other.ckpt"
+    torch.save(raw, other)
+    with pytest.raises(ValueError, match="other.ckpt does not match DetectionTask"):
+        load_task(other, DetectionTask)
+
+
+def test_eval_cli_on_checkpoint_writes_stats_and_picture(trained, tmp_path):
+    _, dm, ckpt = trained
+    out, png = tmp_path / "metrics.json", tmp_path / "pred.png"
+    assert eval_main(["coco", "--checkpoint", str(ckpt), "--json-out", str(out), "--draw", str(png),
+                      "--results-out", str(tmp_path / "dt.json"), "--draw-count", "3"]) == 0
+    import json
+
+    stats = json.loads(out.read_text())
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+            "per_category"} <= set(stats)
+    # the results JSON evaluated on its own gives the same numbers
+    assert eval_main(["coco", "--annotations", dm.hparams.val_annotations, "--results", str(tmp_path / "dt.json"),
+                      "--json-out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["AP"] == pytest.approx(stats["AP"], abs=1e-9)
+    from PIL import Image
+
+    assert Image.open(png).size[0] > 96
+
+
+def test_ddp_validation_map_equals_single_process(trained):
+    """2 CPU processes (gloo): predictions are gathered, DistributedSampler padding is dropped."""
+    task, dm, _ = trained
+    task.model.score_thresh = 0.0  # keep every candidate: non-trivial numbers that depend on every image
+    single = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    ref = single.validate(task, datamodule=dm, verbose=False)[0]
+    ddp = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_progress_bar=False)
+    got = ddp.validate(task, datamodule=dm, verbose=False)[0]
+    task.model.score_thresh = 0.01
+    assert ref["val/mar_100"] > 0 and ref["val/map"] > 0, "vacuous comparison: the tiny model found nothing"
+    for key in ("val/map", "val/map_50", "val/mar_100"):
+        assert got[key] == pytest.approx(ref[key], abs=1e-9), key
