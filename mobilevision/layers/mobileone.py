@@ -54,11 +54,11 @@ class MobileOneBlock(nn.Module):
         if self.reparam_conv is not None:
             out = self.reparam_conv(x)
         else:
-            out = self.skip(x) if self.skip is not None else 0
-            if self.scale is not None:
-                out = out + self.scale(x)
+            out = self.scale(x) if self.scale is not None else 0  # summed in timm's order
             for branch in self.branches:
                 out = out + branch(x)
+            if self.skip is not None:
+                out = out + self.skip(x)
         return self.act(self.se(out))
 
     @torch.no_grad()
