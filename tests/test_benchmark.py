@@ -3,14 +3,18 @@
 import csv
 import math
 
+import pytest
+import torch
+
 import mobilevision
-from mobilevision.benchmark import main, parse_args
+from mobilevision.benchmark import main, parse_args, synthetic_targets, torchvision_ssd
 from mobilevision.evaluation import count_madds, count_params
+from mobilevision.models import SSDLite
 
 
 def test_benchmark_quick(tmp_path):
-    sections = main(["--quick", "--backbones", "mobilenet_v2,mobileone_s0", "--repeats", "2", "--warmup", "1",
-                     "--max-resolution", "96", "--time-budget", "1", "--device", "cpu", "--out", tmp_path])
+    sections = main(["--quick", "--sections", "backbones", "--backbones", "mobilenet_v2,mobileone_s0",
+                     "--repeats", "2", "--warmup", "1", "--max-resolution", "96", "--time-budget", "1", "--device", "cpu", "--out", tmp_path])
 
     md = (tmp_path / "benchmark.md").read_text()
     png = tmp_path / "latency_vs_madds.png"
@@ -54,3 +58,78 @@ def test_parse_args_defaults():
     assert full.max_resolution is None and quick.max_resolution == 160
     assert quick.repeats < full.repeats
     assert parse_args(["--quick", "--repeats", "7"]).repeats == 7
+    assert full.sections == quick.sections == ["backbones", "detection"]
+    assert (full.det_size, full.det_width, full.det_batch, full.det_infer_batch) == (320, 1.0, 8, [1, 8])
+    assert (quick.det_size, quick.det_width) == (160, 0.5)
+    for bad in (["--sections", "nope"], ["--det-batch", "1"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+# -- detection section -----------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("one_thread")
+def test_benchmark_detection_section(tmp_path):
+    sections = main(["--sections", "detection", "--det-size", "96", "--det-width", "0.35", "--det-batch", "2",
+                     "--det-infer-batch", "2", "--repeats", "2", "--warmup", "1", "--time-budget", "1",
+                     "--device", "cpu", "--out", tmp_path])
+    assert [s.csv_name for s in sections] == ["detection"]
+    assert not (tmp_path / "backbones.csv").exists() and not (tmp_path / "latency_vs_madds.png").exists()
+    with open(tmp_path / "detection.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["mode"], r["device"], r["batch"], r["resolution"]) for r in rows] == [
+        ("inference", "cpu", "2", "96"), ("train step", "cpu", "2", "96")]
+    params = count_params(SSDLite("mobilenet_v2", num_classes=80, width=0.35))
+    for r in rows:
+        for key in ("ours_ips", "tv_ips", "ratio", "ours_ms", "tv_ms"):
+            assert math.isfinite(float(r[key])) and float(r[key]) > 0
+        assert float(r["ratio"]) == pytest.approx(float(r["ours_ips"]) / float(r["tv_ips"]), rel=1e-3)
+        assert int(r["runs"]) >= 2 and int(r["params"]) == params
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "## Detection" in md and "| inference | cpu | 2 | 96 |" in md and "| train step | cpu | 2 | 96 |" in md
+    assert "Preprocessing: both pipelines time the ImageNet normalization" in md
+    assert "paper 4.3 M" in md and "paper 0.8 B" in md
+
+
+@pytest.mark.parametrize("size", [96, 320])
+def test_anchors_match_torchvision(size):
+    """Same count, order and scales as torchvision's DefaultBoxGenerator([[2, 3]] * 6, 0.2, 0.95);
+    coordinates agree to float32 rounding only (ours: float64 then one rounding; torchvision: float32
+    throughout), at most a few 1e-5 px at 320."""
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    model = SSDLite("mobilenet_v2", num_classes=80, width=0.35, image_size=size)
+    ours = model.anchors_for(size)
+    ref_gen = DefaultBoxGenerator([[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95)
+    features = [torch.zeros(1, 1, h, w) for h, w in model.feature_sizes_for(size)]
+    ref = ref_gen(ImageList(torch.zeros(1, 3, size, size), [(size, size)]), features)[0]
+    assert ref_gen.scales == model.anchor_generator.scales
+    assert ours.shape == ref.shape == (sum(h * w * 6 for h, w in model.feature_sizes_for(size)), 4)
+    assert ours.dtype == ref.dtype == torch.float32
+    assert (ours - ref).abs().max() < 1e-4
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_torchvision_ssd_same_network_and_loss():
+    """The reference pipeline is the same detector: same parameters and the same loss
+    (matching, 3:1 mining) on the same batch given the same anchors. (With each its own anchors the
+    losses can differ slightly: every box of scale s_k has area s_k^2, so a ground-truth box containing
+    several of them has tied IoUs, and the last-bit differences of the anchors decide the forced match.)"""
+    from torchvision.models.detection.image_list import ImageList
+
+    torch.manual_seed(0)
+    ours = SSDLite("mobilenet_v2", num_classes=80, width=0.35, image_size=96).train()
+    ref = torchvision_ssd(ours, 96).train()
+    assert count_params(ref) == count_params(ours)
+    x = torch.rand(2, 3, 96, 96)
+    targets = synthetic_targets(2, 96, 80)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    out = ours((x - mean) / std)
+    features = [torch.zeros(1, 1, h, w) for h, w in out["feature_sizes"]]
+    ref_anchors = ref.anchor_generator(ImageList(x, [(96, 96)] * 2), features)
+    loss = ours.compute_loss({**out, "anchors": ref_anchors}, targets)
+    ref_loss = ref(list(x), [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets])
+    torch.testing.assert_close(loss["loss_cls"], ref_loss["classification"])
+    torch.testing.assert_close(loss["loss_box"], ref_loss["bbox_regression"])

@@ -8,24 +8,19 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms, box_iou
 
 import mobilevision
 from mobilevision.detection import BoxCoder, DefaultBoxGenerator, SSDLoss, match_anchors, postprocess, ssd_loss
 from mobilevision.heads import SSDLiteExtras, SSDLiteHead
 from mobilevision.models import SSDLite
+from mobilevision.detection.postprocess import top_nms
 from mobilevision.models.ssdlite import select_ssd_taps
 
 SIZES_320 = [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread is as fast, and far steadier on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _num_params(module: nn.Module) -> int:
@@ -262,6 +257,20 @@ def test_postprocess_nms_and_limits():
     dets = postprocess(logits, torch.zeros(2, many.shape[0], 4), many, 128, score_thresh=0.0, topk_candidates=2,
                        nms_thresh=1.0)
     assert [d["boxes"].shape[0] for d in dets] == [10, 10]  # 2 per class, 5 classes
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top_nms_matches_full_nms(seed):
+    """NMS on a growing best-scoring prefix gives exactly batched_nms(...)[:limit], including when heavy
+    suppression (clustered boxes, two classes) makes the first prefix too short."""
+    g = torch.Generator().manual_seed(seed)
+    n = 3000
+    xy = torch.rand(n, 2, generator=g) * (20 if seed % 2 else 300)
+    boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 60 + 1], 1)
+    scores, labels = torch.rand(n, generator=g), torch.randint(2, (n,), generator=g)
+    for limit in (1, 30, 100, 1000, 5000):
+        expected = batched_nms(boxes, scores, labels, 0.5)[:limit]
+        assert torch.equal(top_nms(boxes, scores, labels, 0.5, limit), expected)
 
 
 # -- heads -----------------------------------------------------------------------------------------------

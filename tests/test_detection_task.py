@@ -150,3 +150,27 @@ def test_ddp_validation_map_equals_single_process(trained):
     assert ref["val/mar_100"] > 0 and ref["val/map"] > 0, "vacuous comparison: the tiny model found nothing"
     for key in ("val/map", "val/map_50", "val/mar_100"):
         assert got[key] == pytest.approx(ref[key], abs=1e-9), key
+
+
+def test_resume_from_checkpoint_loads_weights_only(tiny_shapes, tmp_path):
+    common = ["--config", str(CONFIG_DIR / "ssdlite/shapes.yaml"), *data_args(tiny_shapes),
+              "--model.init_args.width", "0.35", "--trainer.max_time", "null", "--trainer.enable_progress_bar", "false",
+              "--trainer.default_root_dir", str(tmp_path), "--checkpoint.dirpath", str(tmp_path / "ckpt"),
+              "--trainer.check_val_every_n_epoch", "1"]
+    first = main(["fit", *common, "--trainer.max_epochs", "1"])
+    assert first.trainer.global_step == 4 and (tmp_path / "ckpt/last.ckpt").is_file()
+    resumed = main(["fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", str(tmp_path / "ckpt/last.ckpt")])
+    assert resumed.config_init["fit"]["weights_only"] is True
+    assert resumed.trainer.global_step == 8 and resumed.trainer.current_epoch == 2
+
+
+def test_predict_maps_labels_back_to_category_ids(trained):
+    task, dm, _ = trained
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    batches = trainer.predict(task, datamodule=dm)
+    detections = [d for batch in batches for d in batch]
+    assert len(detections) == 5
+    lut = torch.tensor(dm.label_to_category_id)
+    for det in detections:
+        assert torch.equal(det["category_ids"], lut[det["labels"]])
+        assert (det["boxes"] >= 0).all() and (det["boxes"][:, 2:] <= 96 + 1e-4).all()

@@ -23,13 +23,7 @@ CASES = ([("torchvision", "mobilenet_v2", "mobilenet_v2")]
          + [("timm", n, n) for n in EFFICIENTNETS])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small CPU forwards: one thread is several times faster than two when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def inputs() -> torch.Tensor:

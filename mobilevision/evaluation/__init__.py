@@ -1,8 +1,16 @@
 """Evaluation: model complexity (params, MAdds, latency) and metrics."""
 
-from .complexity import count_madds, count_params, measure_latency, measure_latency_interleaved, spearman
+from .complexity import (
+    count_madds,
+    count_params,
+    measure_latency,
+    measure_latency_interleaved,
+    spearman,
+    time_interleaved,
+)
 
-__all__ = ["count_madds", "count_params", "measure_latency", "measure_latency_interleaved", "spearman"]
+__all__ = ["count_madds", "count_params", "measure_latency", "measure_latency_interleaved", "spearman",
+           "time_interleaved"]
 
 # COCO box mAP (pycocotools / faster-coco-eval as libraries)
 from .coco import (  # noqa: E402

@@ -10,9 +10,10 @@ not counted, which is the convention of the MobileNet / EfficientNet / MobileOne
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_madds", "count_params", "measure_latency", "measure_latency_interleaved", "spearman"]
+__all__ = ["count_madds", "count_params", "measure_latency", "measure_latency_interleaved", "spearman",
+           "time_interleaved"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -95,49 +97,62 @@ def _stats(times_s: Sequence[float]) -> dict:
     }
 
 
-def measure_latency_interleaved(models: Mapping[str, nn.Module], input: torch.Tensor, warmup: int = 5,
-                                repeats: int = 30, device: str | torch.device | None = None,
-                                time_budget_s: float | None = None, min_repeats: int = 3) -> dict[str, dict]:
-    """Latency of several models measured side by side: every round runs each model once, in turn
-    (the order rotates from round to round, so none always runs first).
+def time_interleaved(fns: Mapping[str, Callable[[], object]], warmup: int = 5, repeats: int = 30,
+                     device: str | torch.device = "cpu", time_budget_s: float | None = None,
+                     min_repeats: int = 3) -> dict[str, dict]:
+    """Wall time of several zero-argument callables run side by side: every round calls each once, in
+    turn (the order rotates from round to round, so none always runs first).
 
-    Alternating run by run puts every model under the same conditions (CPU frequency, cache state,
-    load from other processes). Each model is moved to ``device`` (default: where ``input`` is) and
-    put in eval mode; runs are under :func:`torch.inference_mode`, and CUDA is synchronized around
-    every timed run. With ``time_budget_s`` the timed rounds stop once that many seconds have passed
-    (but never before ``min_repeats`` rounds), so slow models get fewer repeats; the warm-up rounds
-    then also stop early (after at least one) once a fifth of that budget has passed.
+    Alternating call by call puts every callable under the same conditions (CPU frequency, cache
+    state, load from other processes). CUDA (when ``device`` is a CUDA device) is synchronized around
+    every timed call. With ``time_budget_s`` the timed rounds stop once that many seconds have passed
+    (but never before ``min_repeats`` rounds), so slow callables get fewer repeats; the warm-up rounds
+    then also stop early (after at least one) once a fifth of that budget has passed. Grad mode is
+    the caller's: wrap the call in :func:`torch.inference_mode` for inference.
 
     Returns ``{name: {"median_ms", "p90_ms", "mean_ms", "min_ms", "repeats"}}``.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    device = torch.device(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    for _ in range(max(0, warmup)):
+        for fn in fns.values():
+            fn()
+        _sync(device)
+        if time_budget_s is not None and time.perf_counter() - start >= time_budget_s / 5:
+            break
+    names = list(fns)
+    start = time.perf_counter()
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+            _sync(device)
+            t0 = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+        if (time_budget_s is not None and r + 1 >= min(min_repeats, repeats)
+                and time.perf_counter() - start >= time_budget_s):
+            break
+    return {name: _stats(t) for name, t in times.items()}
+
+
+def measure_latency_interleaved(models: Mapping[str, nn.Module], input: torch.Tensor, warmup: int = 5,
+                                repeats: int = 30, device: str | torch.device | None = None,
+                                time_budget_s: float | None = None, min_repeats: int = 3) -> dict[str, dict]:
+    """Latency of several models measured side by side (:func:`time_interleaved` of ``model(input)``).
+
+    Each model is moved to ``device`` (default: where ``input`` is) and put in eval mode; runs are
+    under :func:`torch.inference_mode`, and CUDA is synchronized around every timed run.
+
+    Returns ``{name: {"median_ms", "p90_ms", "mean_ms", "min_ms", "repeats"}}``.
+    """
     device = torch.device(device) if device is not None else input.device
     x = input.to(device)
-    runs = {name: m.to(device).eval() for name, m in models.items()}
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    runs = {name: functools.partial(m.to(device).eval(), x) for name, m in models.items()}
     with torch.inference_mode():
-        start = time.perf_counter()
-        for _ in range(max(0, warmup)):
-            for m in runs.values():
-                m(x)
-            _sync(device)
-            if time_budget_s is not None and time.perf_counter() - start >= time_budget_s / 5:
-                break
-        names = list(runs)
-        start = time.perf_counter()
-        for r in range(repeats):
-            for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
-                m = runs[name]
-                _sync(device)
-                t0 = time.perf_counter()
-                m(x)
-                _sync(device)
-                times[name].append(time.perf_counter() - t0)
-            if (time_budget_s is not None and r + 1 >= min(min_repeats, repeats)
-                    and time.perf_counter() - start >= time_budget_s):
-                break
-    return {name: _stats(t) for name, t in times.items()}
+        return time_interleaved(runs, warmup, repeats, device, time_budget_s, min_repeats)
 
 
 def measure_latency(model: nn.Module, input: torch.Tensor, warmup: int = 5, repeats: int = 30,

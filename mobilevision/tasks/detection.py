@@ -25,6 +25,8 @@ class DetectionTask(pl.LightningModule):
             linked from the data module by the CLI).
         backbone_weights: ImageNet weights for the backbone: a torchvision / timm state dict file of
             the same architecture, or ``"imagenet"`` (see :func:`mobilevision.backbones.load_pretrained`).
+        min_ratio, max_ratio: default box scales of the first and last feature map, as fractions of the
+            input side (SSD: 0.2 and 0.95; lower ``min_ratio`` for datasets of small objects).
         optimizer, lr, momentum, weight_decay: SGD / RMSProp / AdamW; no decay on norms and biases.
         warmup, min_lr_ratio: linear warm-up (fraction of training), then cosine to ``lr * min_lr_ratio``,
             driven by steps or by ``trainer.max_time``, whichever runs out first.
@@ -43,6 +45,8 @@ class DetectionTask(pl.LightningModule):
         width: float | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         backbone_weights: str | None = None,
+        min_ratio: float = 0.2,
+        max_ratio: float = 0.95,
         optimizer: OptimizerName = "sgd",
         lr: float = 0.15,
         momentum: float = 0.9,
@@ -59,8 +63,8 @@ class DetectionTask(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = SSDLite(backbone, num_classes, image_size, width, backbone_kwargs,
-                             score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img)
+        self.model = SSDLite(backbone, num_classes, image_size, width, backbone_kwargs, min_ratio=min_ratio,
+                             max_ratio=max_ratio, score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img)
         if backbone_weights:
             self._load_backbone_weights(backbone_weights)
         if channels_last:
