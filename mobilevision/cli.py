@@ -20,8 +20,9 @@ from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from .data.classification import ClassificationDataModule
 from .data.detection_datamodule import CocoDetectionDataModule
-from .tasks import DetectionTask
+from .tasks import ClassificationTask, DetectionTask
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -39,6 +40,8 @@ class TaskSpec:
 TASKS = {
     "ssdlite": TaskSpec(DetectionTask, CocoDetectionDataModule, "ssdlite/shapes.yaml", "val/map",
                         ("num_classes", "image_size", "label_to_category_id", "category_names")),
+    "classification": TaskSpec(ClassificationTask, ClassificationDataModule, "classification/glyphs.yaml", "val/acc1",
+                               ("num_classes", "image_size", "class_names")),
 }
 
 

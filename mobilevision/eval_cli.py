@@ -2,10 +2,12 @@
 
     python tools/eval.py coco --annotations GT.json --results DT.json [--json-out stats.json]
                               [--backend pycocotools|faster_coco_eval] [--per-category]
+    python tools/eval.py classification --checkpoint CKPT [--data-dataset NAME] [--data-root DIR]
+                              [--json-out stats.json] [--confusion-png cm.png] [--per-class]
 
 Each subcommand is registered by an ``_add_<task>_parser(subparsers)`` function that sets
-``func`` to its handler ``(args) -> int``; to add a task (``classification``,
-``geolocalization``) write those two functions and list the adder in ``_SUBCOMMANDS``. A
+``func`` to its handler ``(args) -> int``; to add a task (``geolocalization``, ...) write
+those two functions and list the adder in ``_SUBCOMMANDS``. A
 checkpoint-evaluation mode for ``coco`` (run a model, then evaluate) would add ``--checkpoint``
 etc. to the coco parser, in a mutually exclusive group with ``--results``.
 """
@@ -144,8 +146,111 @@ def _run_coco(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- classification ----
+def _add_classification_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "classification",
+        help="top-1 / top-5 / per-class accuracy and confusion matrix of a checkpoint",
+        description="Run a ClassificationTask checkpoint over a validation set with Lightning's validate loop. "
+        "The data module is rebuilt from the checkpoint's datamodule_hyper_parameters (the data it was "
+        "trained with); --data-dataset / --data-root evaluate on another copy or another set with the same classes.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="ClassificationTask checkpoint (.ckpt)")
+    p.add_argument("--data-dataset", help="dataset name of ClassificationDataModule (default: the checkpoint's)")
+    p.add_argument("--data-root", type=Path, help="dataset root folder (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=None, help="data loader workers (default: the checkpoint's)")
+    p.add_argument("--no-fold", action="store_true", help="evaluate MobileOne with its train-time branches "
+                   "(default: re-parameterized, same accuracy)")
+    p.add_argument("--json-out", type=Path, default=None,
+                   help="write acc1, acc5, acc_mean_class, per_class, support, confusion_matrix here")
+    p.add_argument("--confusion-png", type=Path, default=None, help="save the confusion matrix as a PNG")
+    p.add_argument("--per-class", action="store_true",
+                   help="print the per-class table (printed anyway for up to 30 classes)")
+    p.set_defaults(func=_run_classification)
+
+
+def _print_classification(stats: dict, per_class: bool, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("acc1 (top-1)", f"{stats['acc1']:.4f}")
+    table.add_row(f"acc5 (top-{stats['top_k']})", f"{stats['acc5']:.4f}")
+    table.add_row("mean per-class accuracy", f"{stats['acc_mean_class']:.4f}")
+    table.add_row("samples", str(stats["num_samples"]))
+    table.add_row("classes", str(stats["num_classes"]))
+    console.print(table)
+    if per_class or stats["num_classes"] <= 30:
+        cls_table = Table(title="per-class accuracy")
+        cls_table.add_column("class")
+        cls_table.add_column("accuracy", justify="right")
+        cls_table.add_column("samples", justify="right")
+        for name, acc in stats["per_class"].items():
+            cls_table.add_row(name, "-" if acc is None else f"{acc:.4f}", str(stats["support"][name]))
+        console.print(cls_table)
+
+
+def _evaluate_classification_checkpoint(args: argparse.Namespace) -> tuple[dict, str]:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    from .data.classification import ClassificationDataModule
+    from .tasks import ClassificationTask, load_task
+
+    task, ckpt = load_task(args.checkpoint, ClassificationTask)
+    data_args = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    if args.data_dataset is not None:
+        data_args["dataset"] = args.data_dataset
+    if args.data_root is not None:
+        data_args["root"] = str(args.data_root)
+    data_args["batch_size"] = args.batch_size
+    if args.num_workers is not None:
+        data_args["num_workers"] = args.num_workers
+    if "cache_images" in data_args:
+        data_args["cache_images"] = False
+    data_args.setdefault("image_size", task.hparams.image_size)
+    dm = ClassificationDataModule(**data_args)
+    hp = task.hparams
+    if dm.num_classes != hp.num_classes:
+        raise ValueError(f"{args.checkpoint} predicts {hp.num_classes} classes, but dataset "
+                         f"{data_args.get('dataset')!r} ({data_args.get('root')}) has {dm.num_classes}")
+    names = list(dm.class_names) if dm.class_names is not None else None
+    if hp.class_names and names and list(hp.class_names) != names:
+        raise ValueError(f"{args.checkpoint} was trained on classes {list(hp.class_names)[:5]}..., but the dataset "
+                         f"has {names[:5]}... (another order or another label set)")
+    if hp.class_names is None and names:
+        hp.class_names = names
+    hp.eval_folded = not args.no_fold
+    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+                         callbacks=[RichProgressBar()])
+    trainer.validate(task, datamodule=dm, verbose=False)
+    where = str(data_args.get("dataset", "the default dataset"))
+    if data_args.get("root"):
+        where += f" at {data_args['root']}"
+    return task.last_metrics, f"{where} (validation split)"
+
+
+def _run_classification(args: argparse.Namespace) -> int:
+    from .evaluation.classification import save_confusion_matrix_png, save_metrics_json
+
+    stats, where = _evaluate_classification_checkpoint(args)
+    print(f"classification evaluation of {args.checkpoint} on {where}")
+    _print_classification(stats, args.per_class, title="classification accuracy")
+    if args.json_out is not None:
+        save_metrics_json(stats, args.json_out)
+        print(f"wrote {args.json_out}")
+    if args.confusion_png is not None:
+        save_confusion_matrix_png(stats["confusion_matrix"], stats["class_names"], args.confusion_png)
+        print(f"wrote {args.confusion_png}")
+    return 0
+
+
 # -------------------------------------------------------------------------------- parser ----
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_coco_parser,)
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_coco_parser, _add_classification_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

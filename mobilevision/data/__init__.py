@@ -1,4 +1,5 @@
-"""Detection data: COCO datasets, bbox-safe augmentation, the shapes demo dataset, a Lightning data module.
+"""Data: COCO detection datasets, bbox-safe augmentation, the shapes demo dataset, a detection data module;
+image classification datasets (image folders, fine-grained benchmarks, the glyphs demo dataset) and data module.
 
 This package depends only on torch / albumentations / pycocotools / Lightning; it never imports
 ``mobilevision.models`` or the tasks.
@@ -11,10 +12,25 @@ from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DetectionTransform,
+    SeededTransform,
     SSDRandomIoUCrop,
     ZoomOut,
     eval_transforms,
     train_transforms,
+)
+from .image_io import IMAGE_EXTENSIONS, is_image_file
+from .glyphs import GLYPH_CLASSES, GLYPH_TRAITS, ensure_glyphs_dataset, glyphs_paths, render_glyph_image
+from .finegrained import BENCHMARK_DATASETS, BENCHMARK_NUM_CLASSES, SplitSamples, load_benchmark_split
+from .classification import (
+    CLASSIFICATION_AUGMENTS,
+    CLASSIFICATION_DATASETS,
+    ClassificationDataModule,
+    ClassificationDataset,
+    ClassificationTransform,
+    classification_eval_transforms,
+    classification_train_transforms,
+    randaugment_ops,
+    scan_image_folder,
 )
 
 __all__ = [
@@ -37,4 +53,26 @@ __all__ = [
     "render_shapes_image",
     "shapes_paths",
     "train_transforms",
+    # classification
+    "BENCHMARK_DATASETS",
+    "BENCHMARK_NUM_CLASSES",
+    "CLASSIFICATION_AUGMENTS",
+    "CLASSIFICATION_DATASETS",
+    "GLYPH_CLASSES",
+    "GLYPH_TRAITS",
+    "IMAGE_EXTENSIONS",
+    "ClassificationDataModule",
+    "ClassificationDataset",
+    "ClassificationTransform",
+    "SeededTransform",
+    "SplitSamples",
+    "classification_eval_transforms",
+    "classification_train_transforms",
+    "ensure_glyphs_dataset",
+    "glyphs_paths",
+    "is_image_file",
+    "load_benchmark_split",
+    "randaugment_ops",
+    "render_glyph_image",
+    "scan_image_folder",
 ]

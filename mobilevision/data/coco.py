@@ -36,8 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from pycocotools.coco import COCO
+
+from .image_io import _EXIF_ORIENTATION, _TRANSPOSING_ORIENTATIONS, ImageDecodeError, load_rgb_image
 
 __all__ = [
     "CocoDetection",
@@ -48,15 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_EXIF_ORIENTATION = 0x0112
-# Orientations 5-8 swap width and height.
-_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
-
-
-class ImageDecodeError(OSError):
-    """An image file exists but cannot be decoded."""
-
 
 class ImageSizeMismatchError(ValueError):
     """The decoded image size disagrees with the annotation file."""
@@ -85,35 +78,6 @@ def load_coco(annotations: str | os.PathLike | dict | COCO) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     return coco
-
-
-def load_rgb_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode ``path`` to an HxWx3 uint8 RGB array with the EXIF orientation applied.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ImageDecodeError: the file cannot be decoded (the message names the file).
-    """
-    path = os.fspath(path)
-    try:
-        with Image.open(path) as img:
-            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-            if orientation not in (1, None):
-                img = ImageOps.exif_transpose(img)
-            if img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            else:
-                img.load()
-            arr = np.array(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageDecodeError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
-    if arr.ndim != 3 or arr.shape[2] != 3:  # pragma: no cover - convert("RGB") guarantees this
-        raise ImageDecodeError(f"cannot decode image {path}: unexpected array shape {arr.shape}")
-    return arr
 
 
 def _header_size(path: str) -> tuple[int, int]:

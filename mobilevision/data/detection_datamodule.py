@@ -11,13 +11,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .coco import CocoDetection, load_rgb_image
+from .coco import CocoDetection
+from .image_io import IMAGE_EXTENSIONS, load_rgb_image
 from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_paths
 from .transforms import AUGMENT_POLICIES, DetectionTransform, eval_transforms, train_transforms
 
 __all__ = ["CocoDetectionDataModule", "ImageFolderDataset", "detection_collate"]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def detection_collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:

@@ -44,6 +44,7 @@ __all__ = [
     "IMAGENET_STD",
     "DetectionTransform",
     "SSDRandomIoUCrop",
+    "SeededTransform",
     "ZoomOut",
     "eval_transforms",
     "train_transforms",
@@ -211,30 +212,19 @@ class ZoomOut(A.DualTransform):
         return ("max_scale", "fill")
 
 
-class DetectionTransform:
-    """Picklable wrapper of an ``A.Compose`` with pascal_voc (xyxy pixel) boxes.
+class SeededTransform:
+    """Picklable wrapper of an ``A.Compose`` whose randomness comes from torch's global generator.
 
-    Randomness comes from torch's global generator: each call draws a seed with ``torch.randint``
-    and gives the whole pipeline one ``random.Random`` / numpy ``Generator`` pair seeded with it.
-    So DataLoader workers (seeded differently by torch) never repeat each other's augmentations,
-    every epoch differs, and ``torch.manual_seed`` / ``seed_everything`` make runs reproducible.
-    (albumentations' own ``Compose(seed=...)`` gives every transform an identical stream, which
-    correlates e.g. flip and zoom-out decisions, and is copied unchanged into every worker.)
+    Each call (``_reseed()``) draws a seed with ``torch.randint`` and gives the whole pipeline one
+    ``random.Random`` / numpy ``Generator`` pair seeded with it.  So DataLoader workers (seeded
+    differently by torch) never repeat each other's augmentations, every epoch differs, and
+    ``torch.manual_seed`` / ``seed_everything`` make runs reproducible.  (albumentations' own
+    ``Compose(seed=...)`` gives every transform an identical stream, which correlates e.g. flip and
+    zoom-out decisions, and is copied unchanged into every worker.)
     """
 
-    def __init__(self, transforms: Sequence[A.BasicTransform], *, min_visibility: float = 0.2, min_size: float = 1.0):
-        self.compose = A.Compose(
-            list(transforms),
-            bbox_params=A.BboxParams(
-                format="pascal_voc",
-                label_fields=["labels"],
-                min_visibility=min_visibility,
-                min_width=min_size,
-                min_height=min_size,
-                clip=True,
-                filter_invalid_bboxes=True,
-            ),
-        )
+    def __init__(self, compose: A.Compose) -> None:
+        self.compose = compose
         self._random = random.Random(0)
         self.compose.set_random_state(np.random.default_rng(0), self._random)
 
@@ -242,6 +232,32 @@ class DetectionTransform:
         seed = int(torch.randint(0, 2**62, (1,)).item())
         self._random.seed(seed)
         self.compose.random_generator.bit_generator.state = np.random.PCG64(seed).state
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.compose})"
+
+
+class DetectionTransform(SeededTransform):
+    """Picklable wrapper of an ``A.Compose`` with pascal_voc (xyxy pixel) boxes.
+
+    Seeded from torch's global generator on every call (see :class:`SeededTransform`).
+    """
+
+    def __init__(self, transforms: Sequence[A.BasicTransform], *, min_visibility: float = 0.2, min_size: float = 1.0):
+        super().__init__(
+            A.Compose(
+                list(transforms),
+                bbox_params=A.BboxParams(
+                    format="pascal_voc",
+                    label_fields=["labels"],
+                    min_visibility=min_visibility,
+                    min_width=min_size,
+                    min_height=min_size,
+                    clip=True,
+                    filter_invalid_bboxes=True,
+                ),
+            )
+        )
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
         self._reseed()
@@ -251,9 +267,6 @@ class DetectionTransform:
         out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         out_labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
         return out["image"], out_boxes, out_labels
-
-    def __repr__(self) -> str:
-        return f"DetectionTransform({self.compose})"
 
 
 def _finish(image_size: int, mean: Sequence[float], std: Sequence[float], to_tensor: bool) -> list[A.BasicTransform]:

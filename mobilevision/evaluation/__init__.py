@@ -30,3 +30,20 @@ __all__ += [
     "format_coco_summary",
     "scale_boxes",
 ]
+
+# image classification: top-1 / top-5 / per-class accuracy, confusion matrix (torchmetrics)
+from .classification import (  # noqa: E402
+    classification_metrics,
+    compute_classification_metrics,
+    save_confusion_matrix_png,
+    save_metrics_json,
+    summarize_metrics,
+)
+
+__all__ += [
+    "classification_metrics",
+    "compute_classification_metrics",
+    "save_confusion_matrix_png",
+    "save_metrics_json",
+    "summarize_metrics",
+]

@@ -4,3 +4,8 @@ from .checkpoint import load_checkpoint, load_task
 from .detection import DetectionTask
 
 __all__ = ["DetectionTask", "load_checkpoint", "load_task"]
+
+# image classification
+from .classification import ClassificationTask  # noqa: E402
+
+__all__ += ["ClassificationTask"]

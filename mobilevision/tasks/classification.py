@@ -1,0 +1,210 @@
+"""Image classification as a LightningModule: cross-entropy training, top-1 / top-5 / per-class validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..evaluation.classification import classification_metrics, summarize_metrics
+from ..layers.mobileone import reparameterize_model
+from ..models import create_classifier
+from ._ema import EMA
+from ._optim import OptimizerName, build_optimizer, param_groups, schedule
+
+
+def is_reparameterizable(model: nn.Module) -> bool:
+    """Whether ``model`` holds train-time branches that :func:`reparameterize_model` folds (MobileOne)."""
+    return any(m is not model and hasattr(m, "reparameterize") for m in model.modules())
+
+
+class ClassificationTask(pl.LightningModule):
+    """Train and evaluate an :class:`~mobilevision.models.ImageClassifier` (backbone + pool + dropout + linear).
+
+    Args:
+        backbone, width, backbone_kwargs, dropout: the network (:func:`~mobilevision.models.create_classifier`;
+            ``dropout`` defaults to the backbone's published rate). ``width`` is passed only when set
+            (MobileNets, EfficientNet; MobileOne variants have fixed widths).
+        num_classes, class_names, image_size: linked from the data module by the CLI and kept in the
+            checkpoint, so evaluation and export need no dataset. The network itself accepts any input
+            size (global pooling); ``image_size`` records the training resolution. EfficientNet-B1..B7
+            are meant for their own resolution (240 .. 600): their configs set ``data.image_size``.
+        backbone_weights: ImageNet weights file (a torchvision / timm state dict of the same architecture,
+            or ``"imagenet"`` to download one); the final layer is re-initialised when its number of classes
+            differs. Not reloaded by :func:`~mobilevision.tasks.load_task`: the checkpoint holds every weight.
+        freeze_backbone: train only the classifier head (linear probe); the backbone keeps its weights and
+            its BatchNorm statistics (it stays in eval mode).
+        backbone_lr_scale: the backbone's learning rate as a fraction of ``lr`` (fine-tuning: e.g. 0.1).
+        label_smoothing: cross-entropy label smoothing (0.1 in the EfficientNet / MobileOne recipes).
+        optimizer, lr, momentum, weight_decay: SGD (Nesterov) / RMSProp / AdamW; no decay on norms and biases.
+        warmup, min_lr_ratio: linear warm-up (fraction of training), then cosine to ``lr * min_lr_ratio``,
+            driven by steps or by ``trainer.max_time``, whichever runs out first.
+        ema_decay: keep an exponential moving average of the weights (parameters and BatchNorm statistics)
+            with this decay, e.g. 0.9998; validation, checkpoints and the weights left after ``fit`` are the
+            average. Implemented with Lightning's ``WeightAveraging`` callback (returned by
+            :meth:`configure_callbacks`) and a TF-style decay warm-up, see :class:`~mobilevision.tasks._ema.EMA`.
+        channels_last: NHWC memory format (faster convolutions on CPU and on tensor cores).
+        eval_folded: validate / test / predict with a re-parameterized copy of the network (MobileOne's
+            branches folded into one conv per layer: the same outputs up to float rounding, faster). No
+            effect on backbones without branches.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v1",
+        num_classes: int = 1000,
+        image_size: int = 224,
+        width: float | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        backbone_weights: str | None = None,
+        dropout: float | None = None,
+        freeze_backbone: bool = False,
+        backbone_lr_scale: float = 1.0,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerName = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 4e-5,
+        warmup: float = 0.02,
+        min_lr_ratio: float = 0.0,
+        ema_decay: float | None = None,
+        channels_last: bool = False,
+        eval_folded: bool = True,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
+        self.save_hyperparameters()
+        kwargs = dict(backbone_kwargs or {})
+        if width is not None:
+            kwargs["width"] = width
+        self.model = create_classifier(backbone, num_classes, weights=backbone_weights, dropout=dropout, **kwargs)
+        if freeze_backbone:  # no gradients, and BatchNorm statistics frozen too (see train())
+            self.model.backbone.requires_grad_(False)
+            self.model.backbone.eval()
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.val_metrics = classification_metrics(num_classes)
+        self.test_metrics = classification_metrics(num_classes)
+        self.last_metrics: dict[str, Any] = {}
+        self._folded: list[nn.Module] = []  # a plain list: the cached folded copy is no submodule
+
+    # -- modes ------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> ClassificationTask:
+        super().train(mode)
+        if self.hparams.freeze_backbone:  # a frozen backbone also keeps its BatchNorm statistics
+            self.model.backbone.eval()
+        return self
+
+    def configure_callbacks(self):
+        return [EMA(self.hparams.ema_decay)] if self.hparams.ema_decay else []
+
+    def _folds(self) -> bool:
+        return bool(self.hparams.eval_folded) and is_reparameterizable(self.model)
+
+    def eval_model(self) -> nn.Module:
+        """The network used for validation / test / predict: a folded copy when ``eval_folded`` and the
+        backbone has branches (made once per evaluation epoch, after an EMA callback has swapped the
+        averaged weights in; outside an evaluation loop, a fresh copy per call), else the training network."""
+        if self._folded:
+            return self._folded[0]
+        return reparameterize_model(self.model) if self._folds() else self.model
+
+    def _fold_for_eval(self) -> None:
+        self._folded.clear()
+        if self._folds():
+            self._folded.append(reparameterize_model(self.model))
+
+    def _drop_folded(self) -> None:
+        self._folded.clear()
+
+    def export_model(self) -> nn.Module:
+        """A deployable copy of the network in eval mode, re-parameterized when it has branches."""
+        return reparameterize_model(self.model).eval()
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits [B, num_classes] of the training network (in its current mode)."""
+        return self.model(self._prepare(images))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        acc = (logits.detach().argmax(dim=1) == labels).float().mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        self.log("train/acc1", acc, on_step=False, on_epoch=True, batch_size=len(images))
+        return loss
+
+    def _eval_step(self, batch, metrics, stage: str) -> None:
+        images, labels = batch
+        logits = self.eval_model()(self._prepare(images))
+        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), batch_size=len(images), sync_dist=True)
+        metrics.update(logits.float(), labels)
+
+    def _end_eval(self, metrics, stage: str) -> None:
+        self._drop_folded()
+        stats = summarize_metrics(metrics.compute(), self.hparams.class_names)  # synced across processes
+        # Fresh states as normal tensors: reset() inside validate()'s inference mode would make them inference
+        # tensors, which the next validation inside fit() (run under no_grad) cannot update in place.
+        with torch.inference_mode(False):
+            metrics.reset()
+        self.last_metrics = stats
+        # every process holds the same synced values, so no sync_dist
+        self.log(f"{stage}/acc1", stats["acc1"], prog_bar=True)
+        self.log(f"{stage}/acc5", stats["acc5"])
+        self.log(f"{stage}/acc_mean_class", stats["acc_mean_class"])
+
+    def on_validation_epoch_start(self) -> None:
+        self._fold_for_eval()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval(self.val_metrics, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self._fold_for_eval()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval(self.test_metrics, "test")
+
+    def on_predict_epoch_start(self) -> None:
+        self._fold_for_eval()
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """``probs`` [B, C] and predicted ``labels`` [B] (plus ``targets`` when the batch has labels)."""
+        images, targets = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        probs = self.eval_model()(self._prepare(images)).float().softmax(dim=1)
+        out = {"probs": probs, "labels": probs.argmax(dim=1)}
+        if targets is not None:
+            out["targets"] = targets
+        return out
+
+    def on_predict_epoch_end(self) -> None:
+        self._drop_folded()
+
+    def on_train_epoch_start(self) -> None:
+        self._drop_folded()
+        if self.hparams.freeze_backbone:  # Lightning does not call train(); validation restores module modes
+            self.model.backbone.eval()
+
+    # -- optimization ---------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        head = [(module, 1.0) for name, module in self.model.named_children() if name != "backbone"]
+        groups = param_groups([(self.model.backbone, hp.backbone_lr_scale), *head], hp.weight_decay)
+        return schedule(build_optimizer(groups, hp.optimizer, hp.lr, hp.momentum), self, hp.warmup, hp.min_lr_ratio)
