@@ -43,9 +43,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import time
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,6 +51,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import shapes as _shapes
+from ._generated import build_generated_dataset
 
 __all__ = [
     "GLYPH_CLASSES",
@@ -352,21 +350,6 @@ def _is_complete(root: Path, params: dict[str, Any]) -> bool:
     return True
 
 
-def _owned_by_us(root: Path) -> bool:
-    """True if ``root`` is empty or was written by this generator (safe to replace)."""
-    if not root.exists():
-        return True
-    if not root.is_dir():
-        return False
-    if not any(root.iterdir()):
-        return True
-    try:
-        with open(root / MANIFEST_NAME) as f:
-            return json.load(f).get("params", {}).get("generator") == _GENERATOR_TAG
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def ensure_glyphs_dataset(
     root: str | Path = "datasets/glyphs/data",
     num_train_per_class: int = 100,
@@ -395,47 +378,24 @@ def ensure_glyphs_dataset(
             f"num_val_per_class={num_val_per_class}"
         )
     params = _params(num_train_per_class, num_val_per_class, image_size, seed, jpeg_quality)
-    paths = glyphs_paths(root)
-    if not force and _is_complete(root, params):
-        return paths
-    if not _owned_by_us(root):
-        raise FileExistsError(
-            f"{root} exists and is not a mobilevision glyphs dataset (no {MANIFEST_NAME}); "
-            "refusing to overwrite it - pass another root"
+
+    def render(tmp: Path) -> None:
+        logger.info(
+            "generating glyphs dataset (%d classes x %d train / %d val, %dpx) in %s",
+            len(GLYPH_CLASSES), num_train_per_class, num_val_per_class, image_size, root,
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    t0 = time.perf_counter()
-    n_total = len(GLYPH_CLASSES) * (num_train_per_class + num_val_per_class)
-    logger.info(
-        "generating glyphs dataset (%d classes x %d train / %d val, %dpx) in %s",
-        len(GLYPH_CLASSES), num_train_per_class, num_val_per_class, image_size, root,
-    )
-    try:
         jobs = []
         for split, n in (("train", num_train_per_class), ("val", num_val_per_class)):
             for c, species in enumerate(GLYPH_CLASSES):
                 (tmp / split / species).mkdir(parents=True, exist_ok=True)
                 jobs += [(str(tmp), split, int(seed), c, i, int(image_size), int(jpeg_quality)) for i in range(n)]
-        workers = _shapes._default_workers(n_total) if workers is None else int(workers)
-        if workers > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(_render_to_file, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+        n_workers = _shapes._default_workers(len(jobs)) if workers is None else int(workers)
+        if n_workers > 1:
+            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+                list(pool.map(_render_to_file, jobs, chunksize=max(1, len(jobs) // (n_workers * 8))))
         else:
             for j in jobs:
                 _render_to_file(j)
-        elapsed = time.perf_counter() - t0
-        with open(tmp / MANIFEST_NAME, "w") as f:
-            json.dump({"params": params, "generation_seconds": round(elapsed, 2)}, f, indent=2)
-        if not force and _is_complete(root, params):  # another process finished it meanwhile
-            return paths
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(root, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("glyphs dataset ready in %.1fs", time.perf_counter() - t0)
-    return paths
+
+    build_generated_dataset(root, params, MANIFEST_NAME, _is_complete, render, "glyphs", force)
+    return glyphs_paths(root)

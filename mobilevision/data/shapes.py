@@ -20,9 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +28,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ._generated import build_generated_dataset
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -445,21 +444,6 @@ def _is_complete(root: Path, params: dict[str, Any]) -> bool:
     return True
 
 
-def _owned_by_us(root: Path) -> bool:
-    """True if ``root`` is empty or was written by this generator (safe to replace)."""
-    if not root.exists():
-        return True
-    if not root.is_dir():
-        return False
-    if not any(root.iterdir()):
-        return True
-    try:
-        with open(root / MANIFEST_NAME) as f:
-            return json.load(f).get("params", {}).get("generator") == _GENERATOR_TAG
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def ensure_shapes_dataset(
     root: str | Path = "datasets/shapes/data",
     num_train: int = 2000,
@@ -484,45 +468,13 @@ def ensure_shapes_dataset(
     """
     root = Path(root)
     params = _params(num_train, num_val, image_size, seed, jpeg_quality)
-    paths = shapes_paths(root)
-    if not force and _is_complete(root, params):
-        return paths
-    if not _owned_by_us(root):
-        raise FileExistsError(
-            f"{root} exists and is not a mobilevision shapes dataset (no {MANIFEST_NAME}); "
-            "refusing to overwrite it - pass another root"
-        )
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    t0 = time.perf_counter()
-    logger.info("generating shapes dataset (%d train / %d val, %dpx) in %s", num_train, num_val, image_size, root)
-    try:
+    def render(tmp: Path) -> None:
+        logger.info("generating shapes dataset (%d train / %d val, %dpx) in %s", num_train, num_val, image_size, root)
         tmp_paths = shapes_paths(tmp)
         for split, n in (("train", num_train), ("val", num_val)):
-            generate_shapes_split(
-                tmp_paths[f"{split}_images"],
-                tmp_paths[f"{split}_annotations"],
-                split,
-                n,
-                image_size,
-                seed,
-                jpeg_quality=jpeg_quality,
-                workers=workers,
-            )
-        elapsed = time.perf_counter() - t0
-        with open(tmp_paths["manifest"], "w") as f:
-            json.dump({"params": params, "generation_seconds": round(elapsed, 2)}, f, indent=2)
-        # Another process may have finished the same dataset meanwhile: keep theirs.
-        if not force and _is_complete(root, params):
-            return paths
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(root, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("shapes dataset ready in %.1fs", time.perf_counter() - t0)
-    return paths
+            generate_shapes_split(tmp_paths[f"{split}_images"], tmp_paths[f"{split}_annotations"], split, n,
+                                  image_size, seed, jpeg_quality=jpeg_quality, workers=workers)
+
+    build_generated_dataset(root, params, MANIFEST_NAME, _is_complete, render, "shapes", force)
+    return shapes_paths(root)

@@ -1,0 +1,69 @@
+"""Shared machinery of the embedded, generated datasets (shapes, glyphs): build once, atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
+
+
+def owned_by_generator(root: Path, manifest_name: str, generator_tag: str) -> bool:
+    """True if ``root`` is empty or was written by the generator ``generator_tag`` (safe to replace)."""
+    if not root.exists():
+        return True
+    if not root.is_dir():
+        return False
+    if not any(root.iterdir()):
+        return True
+    try:
+        with open(root / manifest_name) as f:
+            return json.load(f).get("params", {}).get("generator") == generator_tag
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def build_generated_dataset(
+    root: Path,
+    params: dict[str, Any],
+    manifest_name: str,
+    is_complete: Callable[[Path, dict[str, Any]], bool],
+    render: Callable[[Path], None],
+    kind: str,
+    force: bool = False,
+) -> None:
+    """Make ``root`` hold the dataset of ``params`` unless ``is_complete(root, params)`` already.
+
+    ``render(tmp)`` writes the dataset into a temporary sibling folder; the manifest is written last and
+    the folder swapped into place, so an interrupted run never leaves a dataset that looks complete.
+    An existing ``root`` is only replaced if it is empty or holds this generator's manifest.
+    """
+    if not force and is_complete(root, params):
+        return
+    if not owned_by_generator(root, manifest_name, params["generator"]):
+        raise FileExistsError(f"{root} exists and is not a mobilevision {kind} dataset (no {manifest_name}); "
+                              "refusing to overwrite it - pass another root")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    t0 = time.perf_counter()
+    try:
+        render(tmp)
+        with open(tmp / manifest_name, "w") as f:
+            json.dump({"params": params, "generation_seconds": round(time.perf_counter() - t0, 2)}, f, indent=2)
+        if not force and is_complete(root, params):  # another process finished the same dataset meanwhile
+            return
+        if root.exists():
+            old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.replace(root, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("%s dataset ready in %.1fs", kind, time.perf_counter() - t0)
