@@ -33,8 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .finegrained import (
     BENCHMARK_DATASETS,
@@ -44,6 +43,7 @@ from .finegrained import (
     load_benchmark_split,
 )
 from .glyphs import GLYPH_CLASSES, ensure_glyphs_dataset
+from ._datamodule import SplitDataModule
 from .image_io import IMAGE_EXTENSIONS, is_image_file, load_rgb_image
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, SeededTransform
 
@@ -342,7 +342,7 @@ class ClassificationDataset(Dataset):
 # --------------------------------------------------------------------------------------------
 
 
-class ClassificationDataModule(pl.LightningDataModule):
+class ClassificationDataModule(SplitDataModule):
     """Image classification data (defaults to the embedded glyphs dataset).
 
     Args:
@@ -509,37 +509,3 @@ class ClassificationDataModule(pl.LightningDataModule):
                 self.predict_dataset = ClassificationDataset(samples, transform)
             else:
                 self.predict_dataset = self.val_dataset
-
-    # ----------------------------------------------------------------------------- loaders
-
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        if self.train_dataset is None:
-            self.setup("fit")
-        # drop_last: a trailing batch of 1-2 images gives noisy BatchNorm statistics.
-        drop_last = len(self.train_dataset) > self.batch_size
-        return self._loader(self.train_dataset, shuffle=True, drop_last=drop_last)
-
-    def val_dataloader(self) -> DataLoader:
-        if self.val_dataset is None:
-            self.setup("validate")
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        if self.predict_dataset is None:
-            self.setup("predict")
-        return self._loader(self.predict_dataset, shuffle=False)
-

@@ -7,11 +7,11 @@ import os
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .coco import CocoDetection
+from ._datamodule import SplitDataModule
 from .image_io import IMAGE_EXTENSIONS, load_rgb_image
 from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_paths
 from .transforms import AUGMENT_POLICIES, DetectionTransform, eval_transforms, train_transforms
@@ -67,7 +67,7 @@ def _read_categories(annotation_file: str) -> list[dict[str, Any]]:
     return sorted(cats, key=lambda c: int(c["id"]))
 
 
-class CocoDetectionDataModule(pl.LightningDataModule):
+class CocoDetectionDataModule(SplitDataModule):
     """COCO-format detection data.
 
     Leave all four ``train_*``/``val_*`` paths ``None`` to use the embedded shapes dataset, generated
@@ -117,6 +117,7 @@ class CocoDetectionDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # stored in checkpoints: tools/eval.py finds the data a model was trained on
+        self.collate_fn = detection_collate
         paths = (train_images, train_annotations, val_images, val_annotations)
         if any(p is not None for p in paths) and not all(p is not None for p in paths):
             raise ValueError(
@@ -229,37 +230,3 @@ class CocoDetectionDataModule(pl.LightningDataModule):
                 self.predict_dataset = ImageFolderDataset(self.predict_images, eval_transforms(self.image_size))
             else:
                 self.predict_dataset = self.val_dataset
-
-    # ----------------------------------------------------------------------------- loaders
-
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            collate_fn=detection_collate,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        if self.train_dataset is None:
-            self.setup("fit")
-        # drop_last: a trailing batch of 1-2 images gives noisy BatchNorm statistics.
-        drop_last = len(self.train_dataset) > self.batch_size
-        return self._loader(self.train_dataset, shuffle=True, drop_last=drop_last)
-
-    def val_dataloader(self) -> DataLoader:
-        if self.val_dataset is None:
-            self.setup("validate")
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        if self.predict_dataset is None:
-            self.setup("predict")
-        return self._loader(self.predict_dataset, shuffle=False)

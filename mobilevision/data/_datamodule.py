@@ -1,0 +1,44 @@
+"""Dataloader plumbing shared by the data modules."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """Train / val / test (= val) / predict loaders over ``self.{train,val,predict}_dataset``, which
+    subclasses build in ``setup``; subclasses set ``batch_size``, ``num_workers``, ``pin_memory`` and may
+    set ``collate_fn``."""
+
+    collate_fn: Callable[[list], Any] | None = None
+    train_dataset: Dataset | None = None
+    val_dataset: Dataset | None = None
+    predict_dataset: Dataset | None = None
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
+                          num_workers=self.num_workers, collate_fn=self.collate_fn, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        # drop_last: a trailing batch of 1-2 images gives noisy BatchNorm statistics.
+        drop_last = len(self.train_dataset) > self.batch_size
+        return self._loader(self.train_dataset, shuffle=True, drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.setup("validate")
+        return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_dataset is None:
+            self.setup("predict")
+        return self._loader(self.predict_dataset, shuffle=False)
