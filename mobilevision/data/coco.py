@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from .image_io import _EXIF_ORIENTATION, _TRANSPOSING_ORIENTATIONS, ImageDecodeError, load_rgb_image
+from .image_io import _EXIF_ORIENTATION, _TRANSPOSING_ORIENTATIONS, ImageDecodeError, check_files_exist, load_rgb_image
 
 __all__ = [
     "CocoDetection",
@@ -156,7 +156,7 @@ class CocoDetection(torch.utils.data.Dataset):
             self._sizes.append((int(h), int(w)) if w and h else None)
 
         if check_files:
-            self._check_files_exist()
+            check_files_exist(self._files, f"{self._name} (images under {self.images_dir})")
         for i, size in enumerate(self._sizes):
             if size is None:  # no width/height in the json: read the header once
                 w, h = _header_size(self._files[i])
@@ -172,25 +172,6 @@ class CocoDetection(torch.utils.data.Dataset):
             self.cache_images()
 
     # ----------------------------------------------------------------------------- setup
-
-    def _check_files_exist(self) -> None:
-        listing: dict[str, set[str]] = {}
-        missing = []
-        for path in self._files:
-            folder, name = os.path.split(path)
-            if folder not in listing:
-                try:
-                    listing[folder] = {e.name for e in os.scandir(folder)}
-                except OSError:
-                    listing[folder] = set()
-            if name not in listing[folder] and not os.path.isfile(path):
-                missing.append(path)
-        if missing:
-            shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
-            raise FileNotFoundError(
-                f"{self._name}: {len(missing)} of {len(self._files)} image files not found under "
-                f"{self.images_dir}: {shown}"
-            )
 
     def _parse_annotations(self) -> None:
         index = {img_id: i for i, img_id in enumerate(self.ids)}

@@ -32,11 +32,12 @@ must match the folders one-to-one).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .image_io import check_files_exist
 
 __all__ = [
     "BENCHMARK_DATASETS",
@@ -75,24 +76,6 @@ class SplitSamples:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def check_files_exist(files: Sequence[str], what: str) -> None:
-    """Raise ``FileNotFoundError`` naming the missing files (one directory listing per folder)."""
-    listing: dict[str, set[str]] = {}
-    missing = []
-    for path in files:
-        folder, name = os.path.split(path)
-        if folder not in listing:
-            try:
-                listing[folder] = {e.name for e in os.scandir(folder or ".")}
-            except OSError:
-                listing[folder] = set()
-        if name not in listing[folder] and not os.path.isfile(path):
-            missing.append(path)
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise FileNotFoundError(f"{what}: {len(missing)} of {len(files)} image files not found: {shown}")
 
 
 def _require_root(name: str, root: str | os.PathLike | None) -> str:

@@ -9,11 +9,12 @@ orientation is applied.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageDecodeError", "is_image_file", "load_rgb_image"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageDecodeError", "check_files_exist", "is_image_file", "load_rgb_image"]
 
 #: File extensions treated as images (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -59,3 +60,21 @@ def load_rgb_image(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] != 3:  # pragma: no cover - convert("RGB") guarantees this
         raise ImageDecodeError(f"cannot decode image {path}: unexpected array shape {arr.shape}")
     return arr
+
+
+def check_files_exist(files: Sequence[str], what: str) -> None:
+    """Raise ``FileNotFoundError`` naming the missing files (one directory listing per folder)."""
+    listing: dict[str, set[str]] = {}
+    missing = []
+    for path in files:
+        folder, name = os.path.split(path)
+        if folder not in listing:
+            try:
+                listing[folder] = {e.name for e in os.scandir(folder or ".")}
+            except OSError:
+                listing[folder] = set()
+        if name not in listing[folder] and not os.path.isfile(path):
+            missing.append(path)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise FileNotFoundError(f"{what}: {len(missing)} of {len(files)} image files not found: {shown}")
