@@ -22,7 +22,8 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from .data.classification import ClassificationDataModule
 from .data.detection_datamodule import CocoDetectionDataModule
-from .tasks import ClassificationTask, DetectionTask
+from .data.geolocalization import GeolocalizationDataModule
+from .tasks import ClassificationTask, DetectionTask, GeolocalizationTask
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -34,7 +35,8 @@ class TaskSpec:
     data: type[LightningDataModule]
     default_config: str
     monitor: str
-    links: tuple[str, ...] = field(default=())  # data attributes linked to the model's init argument of the same name
+    # data attributes linked to the model's init argument of the same name, or "attribute->argument"
+    links: tuple[str, ...] = field(default=())
 
 
 TASKS = {
@@ -42,6 +44,8 @@ TASKS = {
                         ("num_classes", "image_size", "label_to_category_id", "category_names")),
     "classification": TaskSpec(ClassificationTask, ClassificationDataModule, "classification/glyphs.yaml", "val/acc1",
                                ("num_classes", "image_size", "class_names")),
+    "geolocalization": TaskSpec(GeolocalizationTask, GeolocalizationDataModule, "geolocalization/geoscenes.yaml",
+                                "val/acc_750km", ("partition_state->partition", "image_size")),
 }
 
 
@@ -57,8 +61,9 @@ class MobileVisionCLI(LightningCLI):
                          trainer_defaults=trainer_defaults, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for name in self.task.links:
-            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        for link in self.task.links:
+            source, _, target = link.partition("->")
+            parser.link_arguments(f"data.{source}", f"model.init_args.{target or source}", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": self.task.monitor, "checkpoint.mode": "max",
                              "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}",

@@ -4,12 +4,16 @@
                               [--backend pycocotools|faster_coco_eval] [--per-category]
     python tools/eval.py classification --checkpoint CKPT [--data-dataset NAME] [--data-root DIR]
                               [--json-out stats.json] [--confusion-png cm.png] [--per-class]
+    python tools/eval.py geolocalization --predictions P.csv --ground-truth G.csv [--json-out stats.json]
+                              [--error-map map.png] [--no-reference]
+    python tools/eval.py geolocalization --checkpoint CKPT [--data-file LIST.csv] [--json-out stats.json]
+                              [--error-map map.png] [--predictions-out P.csv] [--cell-location center|mean]
 
 Each subcommand is registered by an ``_add_<task>_parser(subparsers)`` function that sets
-``func`` to its handler ``(args) -> int``; to add a task (``geolocalization``, ...) write
-those two functions and list the adder in ``_SUBCOMMANDS``. A
-checkpoint-evaluation mode for ``coco`` (run a model, then evaluate) would add ``--checkpoint``
-etc. to the coco parser, in a mutually exclusive group with ``--results``.
+``func`` to its handler ``(args) -> int``; to add a task write those two functions and list the
+adder in ``_SUBCOMMANDS``. The input source of ``coco`` (``--results`` or ``--checkpoint``) and of
+``geolocalization`` (``--predictions`` or ``--checkpoint``) is a required mutually exclusive group named
+``source``; ``--checkpoint`` runs the model, then evaluates.
 """
 
 from __future__ import annotations
@@ -249,8 +253,136 @@ def _run_classification(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------- geolocalization ----
+def _add_geolocalization_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "geolocalization",
+        help="Im2GPS accuracy at 1 / 25 / 200 / 750 / 2500 km of predicted photo locations",
+        description="Evaluate predicted photo locations against true ones with the Im2GPS protocol: the "
+        "fraction of images whose great-circle error is within 1 km (street), 25 km (city), 200 km (region), "
+        "750 km (country) and 2500 km (continent), and the median error, next to the PlaNet figures of the "
+        "MobileNetV1 paper. CSV files have a header with image_id,latitude,longitude (degrees, any column "
+        "order, other columns ignored); every ground-truth image needs exactly one prediction.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", type=Path, help="CSV of predicted locations (image_id,latitude,longitude)")
+    source.add_argument("--checkpoint", type=Path, help="GeolocalizationTask checkpoint to run on a photo list")
+    p.add_argument("--ground-truth", type=Path,
+                   help="CSV of true locations (image_id,latitude,longitude); needed with --predictions")
+    p.add_argument("--data-file", type=Path, help="with --checkpoint: CSV / JSONL list (image_path,latitude,"
+                   "longitude) to evaluate; default: the validation list the checkpoint was trained with")
+    p.add_argument("--image-root", type=Path, help="with --data-file: folder its image paths are relative to "
+                   "(default: the list's folder)")
+    p.add_argument("--cell-location", choices=("center", "mean"), default=None,
+                   help="with --checkpoint: a cell's location, its S2 center or the mean of its training photos "
+                   "(default: the checkpoint's)")
+    p.add_argument("--predict", choices=("argmax", "topk"), default=None,
+                   help="with --checkpoint: the most probable cell, or the probability-weighted mean of the top-k")
+    p.add_argument("--top-k", type=int, default=None, help="with --predict topk: cells averaged")
+    p.add_argument("--predictions-out", type=Path, help="with --checkpoint: write the predicted locations as a CSV "
+                   "(image_id,latitude,longitude,cell,prob)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--no-fold", action="store_true", help="with --checkpoint: evaluate MobileOne unfolded")
+    p.add_argument("--json-out", type=Path, default=None,
+                   help="write acc_1km ... acc_2500km, median_km, mean_km, num_samples here")
+    p.add_argument("--error-map", type=Path, default=None,
+                   help="save a world map PNG of the errors (truth -> prediction lines)")
+    p.add_argument("--no-reference", action="store_true", help="leave the PlaNet reference columns out of the table")
+    p.set_defaults(func=_run_geolocalization)
+
+
+def _evaluate_geolocalization_checkpoint(args: argparse.Namespace):
+    """Run a checkpoint over a photo list; returns the matched locations, the biggest-cell baseline's metrics
+    on the same photos and a description of the data."""
+    import csv
+
+    import numpy as np
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    from .data.geolocalization import GeolocalizationDataModule
+    from .evaluation.geolocalization import MatchedLocations, geo_metrics
+    from .geo.distance import haversine_km
+    from .tasks import GeolocalizationTask, load_task
+
+    if args.ground_truth is not None:
+        raise ValueError("--ground-truth goes with --predictions; with --checkpoint use --data-file")
+    task, ckpt = load_task(args.checkpoint, GeolocalizationTask)
+    data_args = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    if args.data_file is not None:
+        data_args.update(dataset="files", train_file=str(args.data_file), val_file=str(args.data_file),
+                         root=None, image_root=None if args.image_root is None else str(args.image_root))
+    data_args["batch_size"] = args.batch_size
+    data_args["cache_images"] = False
+    if args.num_workers is not None:
+        data_args["num_workers"] = args.num_workers
+    data_args.setdefault("image_size", task.hparams.image_size)
+    dm = GeolocalizationDataModule(**data_args)
+    dm.use_partition(task.partition)  # the checkpoint's cells, not ones built from the evaluation list
+    for name in ("cell_location", "predict", "top_k"):
+        if getattr(args, name) is not None:
+            setattr(task.hparams, name, getattr(args, name))
+    task.hparams.eval_folded = not args.no_fold
+    dm.setup("validate")
+    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+                         callbacks=[RichProgressBar()])
+    outputs = trainer.predict(task, dataloaders=dm.val_dataloader())
+    cat = {k: torch.cat([o[k] for o in outputs]).cpu().numpy() for k in outputs[0]}
+    samples = dm.val_dataset.samples
+    matched = MatchedLocations(list(samples.image_ids), cat["latitude"], cat["longitude"], samples.latitude,
+                               samples.longitude)
+    biggest = int(np.argmax(task.partition.counts))
+    loc = task.cell_locations().cpu().numpy()[biggest]
+    baseline = geo_metrics(haversine_km(loc[0], loc[1], samples.latitude, samples.longitude))
+    if args.predictions_out is not None:
+        args.predictions_out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.predictions_out, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image_id", "latitude", "longitude", "cell", "prob"])
+            tokens = task.partition.tokens
+            for i, image_id in enumerate(matched.image_ids):
+                w.writerow([image_id, f"{cat['latitude'][i]:.6f}", f"{cat['longitude'][i]:.6f}",
+                            tokens[int(cat["cell"][i])], f"{cat['prob'][i]:.4f}"])
+        print(f"wrote {args.predictions_out}")
+    return matched, baseline, f"{dm.val_file} ({len(matched)} photos, {len(task.partition)} cells)"
+
+
+def _run_geolocalization(args: argparse.Namespace) -> int:
+    from .evaluation.geolocalization import (
+        match_prediction_csvs,
+        print_geo_table,
+        save_error_map,
+        save_geo_json,
+    )
+
+    others: dict[str, dict] = {}
+    if args.predictions is not None:
+        if args.ground_truth is None:
+            raise ValueError("--predictions needs --ground-truth")
+        matched = match_prediction_csvs(args.predictions, args.ground_truth)
+        print(f"geolocalization evaluation of {args.predictions} against {args.ground_truth}")
+    else:
+        matched, baseline, where = _evaluate_geolocalization_checkpoint(args)
+        print(f"geolocalization evaluation of {args.checkpoint} on {where}")
+        others["biggest cell"] = baseline
+    stats = matched.metrics()
+    print_geo_table(stats, title="geolocalization accuracy (Im2GPS protocol)", reference=not args.no_reference,
+                    others=others)
+    if args.json_out is not None:
+        extra = {"baseline_biggest_cell": others["biggest cell"]} if others else None
+        save_geo_json(stats, args.json_out, extra=extra)
+        print(f"wrote {args.json_out}")
+    if args.error_map is not None:
+        save_error_map(matched.pred_lat, matched.pred_lon, matched.true_lat, matched.true_lon, args.error_map)
+        print(f"wrote {args.error_map}")
+    return 0
+
+
 # -------------------------------------------------------------------------------- parser ----
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_coco_parser, _add_classification_parser)
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_coco_parser, _add_classification_parser, _add_geolocalization_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

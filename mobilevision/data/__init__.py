@@ -1,5 +1,6 @@
 """Data: COCO detection datasets, bbox-safe augmentation, the shapes demo dataset, a detection data module;
-image classification datasets (image folders, fine-grained benchmarks, the glyphs demo dataset) and data module.
+image classification datasets (image folders, fine-grained benchmarks, the glyphs demo dataset) and data module;
+geotagged photo lists, the geoscenes demo dataset and the geolocalization data module.
 
 This package depends only on torch / albumentations / pycocotools / Lightning; it never imports
 ``mobilevision.models`` or the tasks.
@@ -32,6 +33,9 @@ from .classification import (
     randaugment_ops,
     scan_image_folder,
 )
+
+from .geolocalization import GEO_DATASETS, GeoImageDataset, GeolocalizationDataModule, GeoSamples, read_geotagged_list
+from .geoscenes import ensure_geoscenes_dataset, render_geoscene
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -75,4 +79,12 @@ __all__ = [
     "randaugment_ops",
     "render_glyph_image",
     "scan_image_folder",
+    # geolocalization
+    "GEO_DATASETS",
+    "GeoImageDataset",
+    "GeoSamples",
+    "GeolocalizationDataModule",
+    "ensure_geoscenes_dataset",
+    "read_geotagged_list",
+    "render_geoscene",
 ]

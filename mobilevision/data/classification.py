@@ -158,10 +158,12 @@ def classification_train_transforms(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     to_tensor: bool = True,
+    hflip: bool = True,
 ) -> ClassificationTransform:
     """Training pipeline; ``augment`` in ``CLASSIFICATION_AUGMENTS`` (see the module docstring).
 
-    ``"none"`` is the evaluation pipeline (``resize_ratio`` is only used there).
+    ``"none"`` is the evaluation pipeline (``resize_ratio`` is only used there). ``hflip=False`` drops the
+    horizontal flip (for images whose left and right differ in meaning).
     """
     if augment not in CLASSIFICATION_AUGMENTS:
         raise ValueError(f"augment must be one of {CLASSIFICATION_AUGMENTS}, got {augment!r}")
@@ -172,7 +174,7 @@ def classification_train_transforms(
         raise ValueError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}")
     ops: list[A.BasicTransform] = [
         A.RandomResizedCrop(size=(image_size, image_size), scale=(float(min_crop_scale), 1.0)),
-        A.HorizontalFlip(p=0.5),
+        A.HorizontalFlip(p=0.5 if hflip else 0.0),
     ]
     if augment == "randaugment":
         ops.append(randaugment_ops(fill=_mean_fill(mean)))

@@ -9,3 +9,8 @@ __all__ = ["DetectionTask", "load_checkpoint", "load_task"]
 from .classification import ClassificationTask  # noqa: E402
 
 __all__ += ["ClassificationTask"]
+
+# geolocalization (PlaNet)
+from .geolocalization import GeolocalizationTask  # noqa: E402
+
+__all__ += ["GeolocalizationTask"]

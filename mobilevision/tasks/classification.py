@@ -4,24 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..evaluation.classification import classification_metrics, summarize_metrics
-from ..layers.mobileone import reparameterize_model
-from ..models import create_classifier
-from ._ema import EMA
-from ._optim import OptimizerName, build_optimizer, param_groups, schedule
+from ._backbone import BackboneTask, is_reparameterizable
+from ._optim import OptimizerName
+
+__all__ = ["ClassificationTask", "is_reparameterizable"]
 
 
-def is_reparameterizable(model: nn.Module) -> bool:
-    """Whether ``model`` holds train-time branches that :func:`reparameterize_model` folds (MobileOne)."""
-    return any(m is not model and hasattr(m, "reparameterize") for m in model.modules())
-
-
-class ClassificationTask(pl.LightningModule):
+class ClassificationTask(BackboneTask):
     """Train and evaluate an :class:`~mobilevision.models.ImageClassifier` (backbone + pool + dropout + linear).
 
     Args:
@@ -81,61 +74,12 @@ class ClassificationTask(pl.LightningModule):
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         self.save_hyperparameters()
-        kwargs = dict(backbone_kwargs or {})
-        if width is not None:
-            kwargs["width"] = width
-        self.model = create_classifier(backbone, num_classes, weights=backbone_weights, dropout=dropout, **kwargs)
-        if freeze_backbone:  # no gradients, and BatchNorm statistics frozen too (see train())
-            self.model.backbone.requires_grad_(False)
-            self.model.backbone.eval()
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.build_model(backbone, num_classes, width, backbone_kwargs, backbone_weights, dropout)
         self.val_metrics = classification_metrics(num_classes)
         self.test_metrics = classification_metrics(num_classes)
         self.last_metrics: dict[str, Any] = {}
-        self._folded: list[nn.Module] = []  # a plain list: the cached folded copy is no submodule
-
-    # -- modes ------------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> ClassificationTask:
-        super().train(mode)
-        if self.hparams.freeze_backbone:  # a frozen backbone also keeps its BatchNorm statistics
-            self.model.backbone.eval()
-        return self
-
-    def configure_callbacks(self):
-        return [EMA(self.hparams.ema_decay)] if self.hparams.ema_decay else []
-
-    def _folds(self) -> bool:
-        return bool(self.hparams.eval_folded) and is_reparameterizable(self.model)
-
-    def eval_model(self) -> nn.Module:
-        """The network used for validation / test / predict: a folded copy when ``eval_folded`` and the
-        backbone has branches (made once per evaluation epoch, after an EMA callback has swapped the
-        averaged weights in; outside an evaluation loop, a fresh copy per call), else the training network."""
-        if self._folded:
-            return self._folded[0]
-        return reparameterize_model(self.model) if self._folds() else self.model
-
-    def _fold_for_eval(self) -> None:
-        self._folded.clear()
-        if self._folds():
-            self._folded.append(reparameterize_model(self.model))
-
-    def _drop_folded(self) -> None:
-        self._folded.clear()
-
-    def export_model(self) -> nn.Module:
-        """A deployable copy of the network in eval mode, re-parameterized when it has branches."""
-        return reparameterize_model(self.model).eval()
 
     # -- steps ------------------------------------------------------------------------------------
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits [B, num_classes] of the training network (in its current mode)."""
-        return self.model(self._prepare(images))
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
@@ -197,14 +141,3 @@ class ClassificationTask(pl.LightningModule):
     def on_predict_epoch_end(self) -> None:
         self._drop_folded()
 
-    def on_train_epoch_start(self) -> None:
-        self._drop_folded()
-        if self.hparams.freeze_backbone:  # Lightning does not call train(); validation restores module modes
-            self.model.backbone.eval()
-
-    # -- optimization ---------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        hp = self.hparams
-        head = [(module, 1.0) for name, module in self.model.named_children() if name != "backbone"]
-        groups = param_groups([(self.model.backbone, hp.backbone_lr_scale), *head], hp.weight_decay)
-        return schedule(build_optimizer(groups, hp.optimizer, hp.lr, hp.momentum), self, hp.warmup, hp.min_lr_ratio)

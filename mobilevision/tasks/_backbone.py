@@ -1,0 +1,93 @@
+"""What the tasks built on one backbone + linear head share: the network, frozen backbones, MobileOne folding
+for evaluation, EMA, channels-last and the optimizer set-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ..layers.mobileone import reparameterize_model
+from ..models import create_classifier
+from ._ema import EMA
+from ._optim import build_optimizer, param_groups, schedule
+
+
+def is_reparameterizable(model: nn.Module) -> bool:
+    """Whether ``model`` holds train-time branches that :func:`reparameterize_model` folds (MobileOne)."""
+    return any(m is not model and hasattr(m, "reparameterize") for m in model.modules())
+
+
+class BackboneTask(pl.LightningModule):
+    """Base of :class:`ClassificationTask` and :class:`GeolocalizationTask`: ``self.model`` is an
+    :class:`~mobilevision.models.ImageClassifier`; subclasses call :meth:`build_model` after
+    ``save_hyperparameters()``, whose hyper-parameters must include ``freeze_backbone``, ``channels_last``,
+    ``eval_folded``, ``ema_decay``, ``backbone_lr_scale``, ``weight_decay``, ``optimizer``, ``lr``, ``momentum``,
+    ``warmup`` and ``min_lr_ratio``."""
+
+    def build_model(self, backbone: str, num_outputs: int, width: float | None, backbone_kwargs: dict[str, Any] | None,
+                    backbone_weights: str | None, dropout: float | None) -> None:
+        kwargs = dict(backbone_kwargs or {})
+        if width is not None:
+            kwargs["width"] = width
+        self.model = create_classifier(backbone, num_outputs, weights=backbone_weights, dropout=dropout, **kwargs)
+        if self.hparams.freeze_backbone:  # no gradients, and BatchNorm statistics frozen too (see train())
+            self.model.backbone.requires_grad_(False)
+            self.model.backbone.eval()
+        if self.hparams.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._folded: list[nn.Module] = []  # a plain list: the cached folded copy is no submodule
+
+    # -- modes ------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> BackboneTask:
+        super().train(mode)
+        if self.hparams.freeze_backbone:  # a frozen backbone also keeps its BatchNorm statistics
+            self.model.backbone.eval()
+        return self
+
+    def configure_callbacks(self):
+        return [EMA(self.hparams.ema_decay)] if self.hparams.ema_decay else []
+
+    def _folds(self) -> bool:
+        return bool(self.hparams.eval_folded) and is_reparameterizable(self.model)
+
+    def eval_model(self) -> nn.Module:
+        """The network used for validation / test / predict: a folded copy when ``eval_folded`` and the
+        backbone has branches (made once per evaluation epoch, after an EMA callback has swapped the
+        averaged weights in; outside an evaluation loop, a fresh copy per call), else the training network."""
+        if self._folded:
+            return self._folded[0]
+        return reparameterize_model(self.model) if self._folds() else self.model
+
+    def _fold_for_eval(self) -> None:
+        self._folded.clear()
+        if self._folds():
+            self._folded.append(reparameterize_model(self.model))
+
+    def _drop_folded(self) -> None:
+        self._folded.clear()
+
+    def export_model(self) -> nn.Module:
+        """A deployable copy of the network in eval mode, re-parameterized when it has branches."""
+        return reparameterize_model(self.model).eval()
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits [B, num_classes] of the training network (in its current mode)."""
+        return self.model(self._prepare(images))
+
+    def on_train_epoch_start(self) -> None:
+        self._drop_folded()
+        if self.hparams.freeze_backbone:  # Lightning does not call train(); validation restores module modes
+            self.model.backbone.eval()
+
+    # -- optimization ---------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        head = [(module, 1.0) for name, module in self.model.named_children() if name != "backbone"]
+        groups = param_groups([(self.model.backbone, hp.backbone_lr_scale), *head], hp.weight_decay)
+        return schedule(build_optimizer(groups, hp.optimizer, hp.lr, hp.momentum), self, hp.warmup, hp.min_lr_ratio)
