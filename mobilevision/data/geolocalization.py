@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
 from ..geo.cells import CellPartition, build_partition
@@ -341,7 +342,7 @@ class GeolocalizationDataModule(SplitDataModule):
         if self._partition is None:
             train = self._train()
             self._partition, _ = build_partition(train.latitude, train.longitude, **self.partition_kwargs)
-            logger.info("%s: %s", self.train_file, self._partition.summary())
+            rank_zero_info(f"{self.train_file}: {self._partition.summary()}")
         return self._partition
 
     @property
@@ -381,8 +382,8 @@ class GeolocalizationDataModule(SplitDataModule):
             cells = self.partition.assign(train.latitude, train.longitude)
             outside = int((cells < 0).sum())
             if outside:
-                logger.info("%s: %d of %d training photos lie in no cell (dropped cells) and are not used",
-                            self.train_file, outside, len(train))
+                rank_zero_info(f"{self.train_file}: {outside} of {len(train)} training photos lie in no cell "
+                               "(dropped cells) and are not used")
             train = train.subset(cells >= 0)
             self.train_dataset = self._dataset(train, train=True)
         if stage in (None, "fit", "validate", "test", "predict") and self.val_dataset is None:

@@ -10,31 +10,34 @@ little landscape seen from the ground:
 
 * **sky** - a vertical gradient from a zenith to a horizon colour; the zenith colour follows three
   slowly varying fields (|k| 2-3), the horizon haze a fourth;
-* **sun** - elevation from the latitude (high in the tropics, low near the poles), horizontal
-  position from a field;
+* **sun** - elevation from the latitude (high in the tropics, low near the poles), distance from
+  the image centre from a field (left or right at random);
 * **mountains** - a far ridge whose height, roughness (main frequency) and colour follow fields;
   snow-capped at high latitudes;
 * **ground** - a biome colour from the latitude and an "aridity" field (tropical forest near the
   equator, desert / steppe in the dry belts around 15-40 degrees where the aridity field is high,
   green temperate, dark boreal, snow above ~60 degrees), tinted by a field, with a perspective
-  stripe texture (fields, furrows, dunes) whose orientation, frequency, contrast and colour follow
-  fields;
+  texture (fields, furrows, dunes) whose orientation, frequency, contrast, colour and stripes-vs-checks
+  mix follow fields; the horizon height follows a field too;
 * **objects** - buildings (walls, roofs, windows) and trees (conifers in cold places, cacti / shrubs
   in deserts, round crowns elsewhere) on the ground; their density, building share, heights and
   colours follow fields.
 
 A "field" is ``sin(k . v + phase)`` for a fixed direction ``k`` with ``|k|`` between 2 and 8
-(wavelengths of ~5,000-20,000 km on the globe: each field alone is ambiguous, but the ~18 fields
-together tell places a few hundred km apart apart, in aggregate).  The cues live at several scales:
-global colours (sky, ground), mid-scale structure (ridge, horizon height, object density and
+(wavelengths of ~5,000-20,000 km on the globe: each field alone is ambiguous, but the 21 fields
+together, with the latitude, tell places a few hundred km apart apart, in aggregate).  The cues live
+at several scales: global colours (sky, ground), mid-scale structure (ridge, horizon height, object density and
 heights) and fine texture (stripe orientation and frequency, windows, object colours).
 
-Per-photo nuisance, independent of the place: horizon height jitter and a small camera roll,
-0-4 clouds, the ridge's horizontal phase, the stripes' phase, object positions, sizes and which of
-the candidate objects exist (with the place's density), small colour jitter on every object, a global
-brightness / per-channel colour jitter and Gaussian pixel noise.  The renderer draws the same
-number of random values whatever the place, so the same random stream at two nearby places gives
-two nearly identical photos.
+Per-photo nuisance, independent of the place: "weather" (a random shift of the sky colours and an
+occasional overcast veil, a random shift of the ground colour), horizon height jitter and a small
+camera roll, 0-4 clouds, the sun's side, the ridge's horizontal phase, the texture's phase, random
+ground blotches, object positions, sizes and which of the candidate objects exist (with the place's
+density), small colour jitter on every object, a global brightness / per-channel colour jitter and
+Gaussian pixel noise.  The cues survive a horizontal flip (the texture orientation lies in (0, 90)
+degrees, the sun's side is random), so flipping is a label-preserving augmentation.  The renderer
+draws the same number of random values whatever the place, so the same random stream at two nearby
+places gives two nearly identical photos.
 
 Every photo has its own random streams seeded by ``(seed, split, index)`` (one for the place, one
 for the rendering), so the dataset is bit-identical for the same parameters however many processes
@@ -140,7 +143,9 @@ _BIOMES = {  # name -> RGB
 }
 _BIOME_RGB = np.array(list(_BIOMES.values()))
 _RIDGE_PALETTE = np.array([(92.0, 104.0, 140.0), (120.0, 96.0, 78.0), (70.0, 110.0, 84.0)])
-_STRIPE_PALETTE = np.array([(-45.0, -35.0, -20.0), (40.0, 25.0, -10.0), (-10.0, 35.0, -25.0)])
+#: Relative (multiplicative) colour changes of the light ground stripes: paler, browner, yellower
+#: (the dark stripes are just darker).
+_STRIPE_PALETTE = np.array([(0.40, 0.36, 0.34), (0.42, 0.10, -0.20), (0.36, 0.40, -0.25)])
 _MAX_OBJECTS = 14
 _MAX_CLOUDS = 4
 
@@ -162,7 +167,7 @@ def _sigmoid(x: float) -> float:
 
 def _biome_weights(latitude: float, aridity: float) -> np.ndarray:
     """Weights (summing to 1) of the biomes in ``_BIOMES`` order; smooth in ``latitude``."""
-    a = abs(latitude)  # every weight is flat at the equator, so this is smooth there too
+    a = abs(latitude)  # every weight is (numerically) flat at a = 0, so this is smooth across the equator
     dry = _sigmoid(4.0 * aridity - 0.8)
     w = np.array(
         [
@@ -304,15 +309,17 @@ def render_geoscene(
     wave = (1 - 0.6 * cross) * wave + 0.6 * cross * wave * wave2 * 1.6
     fade = np.clip(below / 0.12, 0.0, 1.0)  # no aliasing soup near the horizon
     sw = np.array([0.5 + 0.5 * f[_F_STRIPE_C], 0.5 - 0.5 * f[_F_STRIPE_C], 0.5 + 0.5 * f[_F_STRIPE_O]])
-    stripe_col = (sw / sw.sum()) @ _STRIPE_PALETTE * (0.6 + 0.8 * (0.5 + 0.5 * f[_F_STRIPE_F]))
-    stripe_col = stripe_col * (1.0 - 0.8 * w[5])
+    strength = (0.6 + 0.8 * (0.5 + 0.5 * f[_F_STRIPE_F])) * (1.0 - 0.8 * w[5])  # faint on snow
+    stripe_mod = (sw / sw.sum()) @ _STRIPE_PALETTE * strength
+    wave = wave * fade
+    dark = np.minimum(0.32 * strength * np.maximum(-wave, 0.0), 0.7)  # dark stripes: just darker
+    gain = 1.0 + np.maximum(wave, 0.0)[..., None] * stripe_mod - dark[..., None]
     blotch = np.asarray(
         Image.fromarray(((r_blotch + 1) * 127.5).astype(np.uint8)).resize((size, size), Image.BILINEAR),
         np.float32,
     ) / 127.5 - 1.0
     gimg = (
-        ground[None, None, :]
-        + (wave * fade)[..., None] * stripe_col[None, None, :]
+        ground[None, None, :] * gain
         + blotch[..., None] * 14.0
     )
     far = np.clip(1.0 - below / 0.25, 0.0, 1.0)[..., None] ** 2 * 0.45  # haze towards the horizon
@@ -522,7 +529,8 @@ def ensure_geoscenes_dataset(
     params = _params(num_train, num_val, image_size, seed, jpeg_quality)
 
     def render(tmp: Path) -> None:
-        logger.info("generating geoscenes dataset (%d train / %d val, %dpx) in %s", num_train, num_val, image_size, root)
+        logger.info("generating geoscenes dataset (%d train / %d val, %dpx) in %s",
+                    num_train, num_val, image_size, root)
         jobs = []
         for split, n in (("train", num_train), ("val", num_val)):
             (tmp / "images" / split).mkdir(parents=True, exist_ok=True)

@@ -47,3 +47,26 @@ __all__ += [
     "save_metrics_json",
     "summarize_metrics",
 ]
+
+# geolocalization: Im2GPS accuracy within 1 / 25 / 200 / 750 / 2500 km, error maps
+from .geolocalization import (  # noqa: E402
+    GEO_THRESHOLDS_KM,
+    PLANET_REFERENCE,
+    GeoAccuracy,
+    evaluate_prediction_csvs,
+    geo_metrics,
+    match_prediction_csvs,
+    save_error_map,
+    save_geo_json,
+)
+
+__all__ += [
+    "GEO_THRESHOLDS_KM",
+    "PLANET_REFERENCE",
+    "GeoAccuracy",
+    "evaluate_prediction_csvs",
+    "geo_metrics",
+    "match_prediction_csvs",
+    "save_error_map",
+    "save_geo_json",
+]
