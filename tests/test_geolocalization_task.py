@@ -186,7 +186,9 @@ def test_task_shortcut_picks_the_geoscenes_config():
 @pytest.mark.parametrize("config", GEO_CONFIGS, ids=lambda p: p.stem)
 def test_every_config_fits(config, tmp_path_factory):
     root = tmp_path_factory.getbasetemp() / "geoscenes_tiny"  # shared by the tests, generated once
-    cli = main(["fit", "--config", str(config), "--data.init_args.root", str(root), *TINY,
+    cli = main(["fit", "--config", str(config), "--data.init_args.dataset", "geoscenes", "--data.init_args.root",
+                str(root), *TINY, "--data.init_args.num_workers", "0", "--model.init_args.backbone_weights", "null",
+                "--model.init_args.width", "0.25", "--trainer.devices", "1", "--trainer.precision", "32-true",
                 "--trainer.fast_dev_run", "2", "--trainer.default_root_dir", str(tmp_path_factory.mktemp("run"))])
     task = cli.model
     assert isinstance(task, GeolocalizationTask)
@@ -205,6 +207,8 @@ def test_checkpoint_carries_the_partition_and_eval_cli(tmp_path_factory, tmp_pat
     loaded, raw = load_task(ckpt_dir / "last.ckpt", GeolocalizationTask)
     assert loaded.partition.same_cells(dm.partition) and loaded.partition.tokens == dm.partition.tokens
     assert np.array_equal(loaded.partition.counts, dm.partition.counts)
+    assert loaded.partition.params == dm.partition.params and loaded.partition.params["max_per_cell"] == 40
+    assert raw["cell_partition"]["tokens"] == dm.partition.tokens  # readable in the checkpoint too
     images, _, _ = next(iter(dm.val_dataloader()))
     with torch.no_grad():
         assert torch.allclose(loaded.predict_locations(loaded(images)), trained.predict_locations(trained(images)))

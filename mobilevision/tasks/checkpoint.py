@@ -44,6 +44,7 @@ def load_task(path: str | os.PathLike, task_cls: type[pl.LightningModule]) -> tu
         task = task_cls(**hparams)
     except TypeError as e:
         raise ValueError(f"{path} does not hold {task_cls.__name__} hyper-parameters: {e}") from e
+    task.on_load_checkpoint(ckpt)  # as Lightning's load_from_checkpoint does, before the weights
     try:
         result = task.load_state_dict(ckpt["state_dict"], strict=False)
     except RuntimeError as e:  # shape mismatches

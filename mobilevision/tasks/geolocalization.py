@@ -94,6 +94,7 @@ class GeolocalizationTask(BackboneTask):
         self.register_buffer("cell_means", torch.zeros(num_cells, 2, dtype=torch.float64))
         self.register_buffer("cell_counts", torch.zeros(num_cells, dtype=torch.int64))
         self._partition: CellPartition | None = None
+        self._pending_params: dict[str, int] = {}  # how a checkpoint's partition was built
         self._neighbours: tuple[torch.Tensor, torch.Tensor] | None = None
         if partition is not None:
             self.set_partition(partition)
@@ -121,7 +122,7 @@ class GeolocalizationTask(BackboneTask):
                 raise RuntimeError("the model holds no cell partition yet (pass partition= or load a checkpoint)")
             self._partition = CellPartition.from_state({
                 "cell_ids": self.cell_ids, "centers": self.cell_centers, "means": self.cell_means,
-                "counts": self.cell_counts})
+                "counts": self.cell_counts, "params": self._pending_params})
             self._neighbours = None
         return self._partition
 
@@ -132,8 +133,14 @@ class GeolocalizationTask(BackboneTask):
             raise ValueError(f"cell location must be 'center' or 'mean', got {mode!r}")
         return self.cell_centers if mode == "center" else self.cell_means
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also store the cells readably: S2 tokens and how the partition was built (the buffers hold the rest)."""
+        partition = self.partition
+        checkpoint["cell_partition"] = {"tokens": partition.tokens, "params": dict(partition.params)}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume on data whose partition differs from the checkpoint's (labels would be shuffled)."""
+        self._pending_params = dict(checkpoint.get("cell_partition", {}).get("params", {}))
         trainer = self._trainer
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         ids = checkpoint.get("state_dict", {}).get("cell_ids")
