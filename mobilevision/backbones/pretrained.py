@@ -236,6 +236,6 @@ def _mismatch_message(origin: str, source: str, name: str, n_src: int, n_ours: i
     if mismatched:
         lines.append(f"  shape mismatches: {first(mismatched)}")
     lines.append("  Pass weights saved from the same architecture (and width), e.g. torchvision "
-                 f"mobilenet_v2 / efficientnet_bN or timm mobilenetv1_100 / mobilenetv2_100 / efficientnet_bN / "
-                 f"mobileone_sN (unfused).")
+                 "mobilenet_v2 / efficientnet_bN or timm mobilenetv1_100 / mobilenetv2_100 / efficientnet_bN / "
+                 "mobileone_sN (unfused).")
     return "\n".join(lines)

@@ -9,9 +9,27 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 logger = logging.getLogger(__name__)
+
+
+def manifest_matches(manifest: Path, params: dict[str, Any]) -> bool:
+    """True if the manifest file exists and records exactly ``params``."""
+    try:
+        with open(manifest) as f:
+            return json.load(f).get("params") == params
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def folder_holds(folder: str | os.PathLike, names: Iterable[str]) -> bool:
+    """True if every file name of ``names`` is in ``folder`` (one directory listing)."""
+    try:
+        present = {e.name for e in os.scandir(folder) if e.is_file()}
+    except OSError:
+        return False
+    return all(n in present for n in names)
 
 
 def owned_by_generator(root: Path, manifest_name: str, generator_tag: str) -> bool:

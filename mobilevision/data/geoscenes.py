@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import logging
 import math
 import os
@@ -67,7 +66,7 @@ from PIL import Image, ImageDraw
 
 from ..geo.cities import load_cities
 from . import shapes as _shapes
-from ._generated import build_generated_dataset
+from ._generated import build_generated_dataset, folder_holds, manifest_matches
 
 __all__ = [
     "GEOSCENES_GENERATOR_VERSION",
@@ -483,23 +482,11 @@ def _params(num_train: int, num_val: int, image_size: int, seed: int, jpeg_quali
 
 
 def _is_complete(root: Path, params: dict[str, Any]) -> bool:
-    try:
-        with open(root / MANIFEST_NAME) as f:
-            if json.load(f).get("params") != params:
-                return False
-    except (OSError, ValueError, AttributeError):
+    if not manifest_matches(root / MANIFEST_NAME, params):
         return False
-    for split in ("train", "val"):
-        n = params[f"num_{split}"]
-        if not (root / f"{split}.csv").is_file():
-            return False
-        try:
-            names = {e.name for e in os.scandir(root / "images" / split) if e.is_file()}
-        except OSError:
-            return False
-        if any(_file_name(i) not in names for i in range(n)):
-            return False
-    return True
+    return all((root / f"{split}.csv").is_file()
+               and folder_holds(root / "images" / split, (_file_name(i) for i in range(params[f"num_{split}"])))
+               for split in ("train", "val"))
 
 
 def ensure_geoscenes_dataset(

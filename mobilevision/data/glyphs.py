@@ -39,7 +39,6 @@ the dataset is bit-identical for the same parameters however many processes rend
 from __future__ import annotations
 
 import colorsys
-import json
 import logging
 import math
 import os
@@ -51,7 +50,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import shapes as _shapes
-from ._generated import build_generated_dataset
+from ._generated import build_generated_dataset, folder_holds, manifest_matches
 
 __all__ = [
     "GLYPH_CLASSES",
@@ -333,21 +332,11 @@ def _params(num_train: int, num_val: int, image_size: int, seed: int, jpeg_quali
 
 
 def _is_complete(root: Path, params: dict[str, Any]) -> bool:
-    try:
-        with open(root / MANIFEST_NAME) as f:
-            if json.load(f).get("params") != params:
-                return False
-    except (OSError, ValueError, AttributeError):
+    if not manifest_matches(root / MANIFEST_NAME, params):
         return False
-    for split, n in (("train", params["num_train_per_class"]), ("val", params["num_val_per_class"])):
-        for species in GLYPH_CLASSES:
-            try:
-                names = {e.name for e in os.scandir(root / split / species) if e.is_file()}
-            except OSError:
-                return False
-            if any(_file_name(i) not in names for i in range(n)):
-                return False
-    return True
+    return all(folder_holds(root / split / species, (_file_name(i) for i in range(n)))
+               for split, n in (("train", params["num_train_per_class"]), ("val", params["num_val_per_class"]))
+               for species in GLYPH_CLASSES)
 
 
 def ensure_glyphs_dataset(

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ._generated import build_generated_dataset
+from ._generated import build_generated_dataset, folder_holds, manifest_matches
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -425,23 +425,11 @@ def _params(num_train: int, num_val: int, image_size: int, seed: int, jpeg_quali
 
 def _is_complete(root: Path, params: dict[str, Any]) -> bool:
     paths = shapes_paths(root)
-    try:
-        with open(paths["manifest"]) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
+    if not manifest_matches(Path(paths["manifest"]), params):
         return False
-    if manifest.get("params") != params:
-        return False
-    for split, n in (("train", params["num_train"]), ("val", params["num_val"])):
-        if not os.path.isfile(paths[f"{split}_annotations"]):
-            return False
-        try:
-            names = {e.name for e in os.scandir(paths[f"{split}_images"]) if e.is_file()}
-        except OSError:
-            return False
-        if any(_file_name(i) not in names for i in range(n)):
-            return False
-    return True
+    return all(os.path.isfile(paths[f"{split}_annotations"])
+               and folder_holds(paths[f"{split}_images"], (_file_name(i) for i in range(n)))
+               for split, n in (("train", params["num_train"]), ("val", params["num_val"])))
 
 
 def ensure_shapes_dataset(

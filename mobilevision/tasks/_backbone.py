@@ -80,6 +80,43 @@ class BackboneTask(pl.LightningModule):
         """Logits [B, num_classes] of the training network (in its current mode)."""
         return self.model(self._prepare(images))
 
+    # -- evaluation loops ----------------------------------------------------------------------------------
+    # Subclasses define ``_eval_step(batch, metrics, stage)``, ``summarize(computed) -> dict`` and
+    # ``log_eval(stats, stage)``; ``val_metrics`` / ``test_metrics`` are torchmetrics objects.
+    def _end_eval(self, metrics, stage: str) -> None:
+        self._drop_folded()
+        stats = self.summarize(metrics.compute())  # synced across processes
+        # Fresh states as normal tensors: reset() inside validate()'s inference mode would make them inference
+        # tensors, which the next validation inside fit() (run under no_grad) cannot update in place.
+        with torch.inference_mode(False):
+            metrics.reset()
+        self.last_metrics = stats
+        self.log_eval(stats, stage)  # every process holds the same synced values, so no sync_dist
+
+    def on_validation_epoch_start(self) -> None:
+        self._fold_for_eval()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval(self.val_metrics, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self._fold_for_eval()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval(self.test_metrics, "test")
+
+    def on_predict_epoch_start(self) -> None:
+        self._fold_for_eval()
+
+    def on_predict_epoch_end(self) -> None:
+        self._drop_folded()
+
     def on_train_epoch_start(self) -> None:
         self._drop_folded()
         if self.hparams.freeze_backbone:  # Lightning does not call train(); validation restores module modes

@@ -95,39 +95,13 @@ class ClassificationTask(BackboneTask):
         self.log(f"{stage}/loss", F.cross_entropy(logits, labels), batch_size=len(images), sync_dist=True)
         metrics.update(logits.float(), labels)
 
-    def _end_eval(self, metrics, stage: str) -> None:
-        self._drop_folded()
-        stats = summarize_metrics(metrics.compute(), self.hparams.class_names)  # synced across processes
-        # Fresh states as normal tensors: reset() inside validate()'s inference mode would make them inference
-        # tensors, which the next validation inside fit() (run under no_grad) cannot update in place.
-        with torch.inference_mode(False):
-            metrics.reset()
-        self.last_metrics = stats
-        # every process holds the same synced values, so no sync_dist
+    def summarize(self, computed: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return summarize_metrics(computed, self.hparams.class_names)
+
+    def log_eval(self, stats: dict[str, Any], stage: str) -> None:
         self.log(f"{stage}/acc1", stats["acc1"], prog_bar=True)
         self.log(f"{stage}/acc5", stats["acc5"])
         self.log(f"{stage}/acc_mean_class", stats["acc_mean_class"])
-
-    def on_validation_epoch_start(self) -> None:
-        self._fold_for_eval()
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._end_eval(self.val_metrics, "val")
-
-    def on_test_epoch_start(self) -> None:
-        self._fold_for_eval()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._end_eval(self.test_metrics, "test")
-
-    def on_predict_epoch_start(self) -> None:
-        self._fold_for_eval()
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """``probs`` [B, C] and predicted ``labels`` [B] (plus ``targets`` when the batch has labels)."""
@@ -138,6 +112,4 @@ class ClassificationTask(BackboneTask):
             out["targets"] = targets
         return out
 
-    def on_predict_epoch_end(self) -> None:
-        self._drop_folded()
 

@@ -206,36 +206,13 @@ class GeolocalizationTask(BackboneTask):
         pred = self.predict_locations(logits)
         metrics.update(pred[:, 0], pred[:, 1], coords[:, 0], coords[:, 1])
 
-    def _end_eval(self, metrics: GeoAccuracy, stage: str) -> None:
-        self._drop_folded()
-        stats = {k: float(v) for k, v in metrics.compute().items()}  # synced across processes
-        with torch.inference_mode(False):  # see ClassificationTask._end_eval
-            metrics.reset()
-        self.last_metrics = stats
+    def summarize(self, computed: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {k: float(v) for k, v in computed.items()}
+
+    def log_eval(self, stats: dict[str, float], stage: str) -> None:
         for km in GEO_THRESHOLDS_KM:
             self.log(f"{stage}/acc_{km}km", stats[f"acc_{km}km"], prog_bar=km in (750, 2500))
         self.log(f"{stage}/median_km", stats["median_km"])
-
-    def on_validation_epoch_start(self) -> None:
-        self._fold_for_eval()
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._end_eval(self.val_metrics, "val")
-
-    def on_test_epoch_start(self) -> None:
-        self._fold_for_eval()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._end_eval(self.test_metrics, "test")
-
-    def on_predict_epoch_start(self) -> None:
-        self._fold_for_eval()
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """``latitude`` / ``longitude`` [B] (float64), the top ``cell`` [B] and its ``prob``; with ground truth in the
@@ -249,5 +226,3 @@ class GeolocalizationTask(BackboneTask):
             out["true_latitude"], out["true_longitude"] = batch[2][:, 0], batch[2][:, 1]
         return out
 
-    def on_predict_epoch_end(self) -> None:
-        self._drop_folded()
