@@ -27,6 +27,26 @@ from pathlib import Path
 __all__ = ["build_parser", "main"]
 
 
+# ------------------------------------------------------------------------------------ shared ----
+def _checkpoint_data_args(ckpt: dict, args: argparse.Namespace) -> dict:
+    """The data module arguments a checkpoint was trained with, for evaluating it: the command line's batch size
+    (and workers, where the subcommand has the option), no image cache."""
+    data_args = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    data_args.update(batch_size=args.batch_size, cache_images=False)
+    if getattr(args, "num_workers", None) is not None:
+        data_args["num_workers"] = args.num_workers
+    return data_args
+
+
+def _eval_trainer():
+    """A one-device Trainer for evaluation: no logger, no checkpoints, a progress bar."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    return pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+                      callbacks=[RichProgressBar()])
+
+
 # ------------------------------------------------------------------------------------ coco ----
 def _add_coco_parser(subparsers: argparse._SubParsersAction) -> None:
     from .evaluation.coco import BACKENDS
@@ -79,27 +99,22 @@ def _print_coco(stats: dict, per_category: bool, title: str) -> None:
 
 def _evaluate_checkpoint(args: argparse.Namespace) -> dict:
     """Run a DetectionTask checkpoint over a COCO-format set with Lightning's validate loop."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import RichProgressBar
-
     from .data import CocoDetectionDataModule
     from .tasks import DetectionTask, load_task
 
     task, ckpt = load_task(args.checkpoint, DetectionTask)
-    data_args = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    data_args = _checkpoint_data_args(ckpt, args)
     if (args.annotations is None) != (args.images is None):
         raise ValueError("give both --annotations and --images (or neither, for the checkpoint's own validation set)")
     if args.annotations is not None:  # evaluate on another set; training paths only feed the category list
         data_args.update(train_images=str(args.images), train_annotations=str(args.annotations),
                          val_images=str(args.images), val_annotations=str(args.annotations))
-    data_args.update(batch_size=args.batch_size, cache_images=False)
     dm = CocoDetectionDataModule(**data_args)
     if task.hparams.label_to_category_id and list(task.hparams.label_to_category_id) != dm.label_to_category_id:
         raise ValueError(f"{args.checkpoint} predicts category ids {task.hparams.label_to_category_id}, but "
                          f"{dm.val_annotations} has {dm.label_to_category_id}")
     task.hparams.eval_backend = args.backend
-    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                         callbacks=[RichProgressBar()])
+    trainer = _eval_trainer()
     trainer.validate(task, datamodule=dm, verbose=False)
     stats = task.last_metrics
     print(f"COCO bbox evaluation of {args.checkpoint} on {dm.val_annotations} [{args.backend}]")
@@ -199,23 +214,15 @@ def _print_classification(stats: dict, per_class: bool, title: str) -> None:
 
 
 def _evaluate_classification_checkpoint(args: argparse.Namespace) -> tuple[dict, str]:
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import RichProgressBar
-
     from .data.classification import ClassificationDataModule
     from .tasks import ClassificationTask, load_task
 
     task, ckpt = load_task(args.checkpoint, ClassificationTask)
-    data_args = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    data_args = _checkpoint_data_args(ckpt, args)
     if args.data_dataset is not None:
         data_args["dataset"] = args.data_dataset
     if args.data_root is not None:
         data_args["root"] = str(args.data_root)
-    data_args["batch_size"] = args.batch_size
-    if args.num_workers is not None:
-        data_args["num_workers"] = args.num_workers
-    if "cache_images" in data_args:
-        data_args["cache_images"] = False
     data_args.setdefault("image_size", task.hparams.image_size)
     dm = ClassificationDataModule(**data_args)
     hp = task.hparams
@@ -229,8 +236,7 @@ def _evaluate_classification_checkpoint(args: argparse.Namespace) -> tuple[dict,
     if hp.class_names is None and names:
         hp.class_names = names
     hp.eval_folded = not args.no_fold
-    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                         callbacks=[RichProgressBar()])
+    trainer = _eval_trainer()
     trainer.validate(task, datamodule=dm, verbose=False)
     where = str(data_args.get("dataset", "the default dataset"))
     if data_args.get("root"):
@@ -298,9 +304,7 @@ def _evaluate_geolocalization_checkpoint(args: argparse.Namespace):
     import csv
 
     import numpy as np
-    import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.callbacks import RichProgressBar
 
     from .data.geolocalization import GeolocalizationDataModule
     from .evaluation.geolocalization import MatchedLocations, geo_metrics
@@ -310,14 +314,10 @@ def _evaluate_geolocalization_checkpoint(args: argparse.Namespace):
     if args.ground_truth is not None:
         raise ValueError("--ground-truth goes with --predictions; with --checkpoint use --data-file")
     task, ckpt = load_task(args.checkpoint, GeolocalizationTask)
-    data_args = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    data_args = _checkpoint_data_args(ckpt, args)
     if args.data_file is not None:
         data_args.update(dataset="files", train_file=str(args.data_file), val_file=str(args.data_file),
                          root=None, image_root=None if args.image_root is None else str(args.image_root))
-    data_args["batch_size"] = args.batch_size
-    data_args["cache_images"] = False
-    if args.num_workers is not None:
-        data_args["num_workers"] = args.num_workers
     data_args.setdefault("image_size", task.hparams.image_size)
     dm = GeolocalizationDataModule(**data_args)
     dm.use_partition(task.partition)  # the checkpoint's cells, not ones built from the evaluation list
@@ -326,8 +326,7 @@ def _evaluate_geolocalization_checkpoint(args: argparse.Namespace):
             setattr(task.hparams, name, getattr(args, name))
     task.hparams.eval_folded = not args.no_fold
     dm.setup("validate")
-    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                         callbacks=[RichProgressBar()])
+    trainer = _eval_trainer()
     outputs = trainer.predict(task, dataloaders=dm.val_dataloader())
     cat = {k: torch.cat([o[k] for o in outputs]).cpu().numpy() for k in outputs[0]}
     samples = dm.val_dataset.samples

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from ..geo.cells import CellPartition, build_partition
 from ._datamodule import SplitDataModule
 from .classification import CLASSIFICATION_AUGMENTS, classification_eval_transforms, classification_train_transforms
-from .image_io import ImageDecodeError, load_rgb_image
+from .image_io import ImageDecodeError, check_files_exist, load_rgb_image, missing_files
 
 __all__ = [
     "GEO_DATASETS",
@@ -166,16 +166,13 @@ def read_geotagged_list(path: str | os.PathLike, image_root: str | os.PathLike |
         lats.append(lat)
         lons.append(lon)
 
-    exists = np.array([os.path.isfile(f) for f in files], dtype=bool)
-    if not exists.all():
-        missing = [f for f, e in zip(files, exists) if not e]
-        shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
-        message = f"{path}: {len(missing)} of {len(files)} image files not found: {shown}"
-        if bad_rows == "error":
-            raise FileNotFoundError(message)
+    if bad_rows == "error":
+        check_files_exist(files, path)
+    missing = set(missing_files(files))
+    if missing:
         skipped["missing_image"] += len(missing)
-        examples.append(message)
-    keep = exists
+        examples.append(f"{path}: {len(missing)} image file(s) not found: {', '.join(sorted(missing)[:5])}")
+    keep = np.array([f not in missing for f in files], dtype=bool)
     if bad_rows == "skip":  # decode every image once, so corrupt ones are skipped rather than failing mid-epoch
         candidates = np.flatnonzero(keep)
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:

@@ -65,6 +65,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..geo.cities import load_cities
+from ..geo.distance import EARTH_RADIUS_KM
 from . import shapes as _shapes
 from ._generated import build_generated_dataset, folder_holds, manifest_matches
 
@@ -90,7 +91,6 @@ CSV_HEADER = ("image_path", "latitude", "longitude")
 
 #: Photos are taken up to this far (uniformly over the disc) from their city.
 MAX_OFFSET_KM = 15.0
-_EARTH_RADIUS_KM = 6371.0088
 
 # --------------------------------------------------------------------------------------------
 # Location fields
@@ -417,7 +417,7 @@ def sample_locations(num: int, rng: np.random.Generator | int) -> tuple[np.ndarr
         rng = np.random.default_rng(rng)
     cities = load_cities()
     idx = rng.integers(0, len(cities), int(num))
-    dist = MAX_OFFSET_KM * np.sqrt(rng.random(int(num))) / _EARTH_RADIUS_KM  # angular distance
+    dist = MAX_OFFSET_KM * np.sqrt(rng.random(int(num))) / EARTH_RADIUS_KM  # angular distance
     bearing = rng.uniform(0.0, 2 * math.pi, int(num))
     lat1, lon1 = np.radians(cities.latitude[idx]), np.radians(cities.longitude[idx])
     sin_lat2 = np.sin(lat1) * np.cos(dist) + np.cos(lat1) * np.sin(dist) * np.cos(bearing)

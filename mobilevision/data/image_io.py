@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageDecodeError", "check_files_exist", "is_image_file", "load_rgb_image"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageDecodeError", "check_files_exist", "is_image_file", "missing_files", "load_rgb_image"]
 
 #: File extensions treated as images (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -62,8 +62,8 @@ def load_rgb_image(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
-def check_files_exist(files: Sequence[str], what: str) -> None:
-    """Raise ``FileNotFoundError`` naming the missing files (one directory listing per folder)."""
+def missing_files(files: Sequence[str]) -> list[str]:
+    """The paths of ``files`` that do not exist (one directory listing per folder)."""
     listing: dict[str, set[str]] = {}
     missing = []
     for path in files:
@@ -75,6 +75,12 @@ def check_files_exist(files: Sequence[str], what: str) -> None:
                 listing[folder] = set()
         if name not in listing[folder] and not os.path.isfile(path):
             missing.append(path)
+    return missing
+
+
+def check_files_exist(files: Sequence[str], what: str) -> None:
+    """Raise ``FileNotFoundError`` naming the missing files (one directory listing per folder)."""
+    missing = missing_files(files)
     if missing:
         shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
         raise FileNotFoundError(f"{what}: {len(missing)} of {len(files)} image files not found: {shown}")
