@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ActLayer = Callable[..., nn.Module]
@@ -21,6 +22,27 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     if new_value < 0.9 * value:
         new_value += divisor
     return new_value
+
+
+class StridedPointwiseConv2d(nn.Conv2d):
+    """Bias-free 1x1 convolution with stride ``s``, computed as a stride-1 1x1 convolution of every ``s``-th
+    pixel: the same output and gradients, and the same parameters (``weight``) as ``nn.Conv2d(..., 1, s)``.
+
+    Why: PyTorch's CPU (oneDNN ``jit_1x1``) weight-gradient kernel for a strided 1x1 convolution on a
+    channels_last input with fewer input channels than one SIMD register holds (2-7 with AVX2, 2-15 with
+    AVX-512; one channel is fine) writes out of bounds: double free, segfault, hang or a wrong gradient,
+    depending on the CPU and the input size (PyTorch 2.x / oneDNN 3.x). MobileOne's stem scale branch
+    (RGB -> 1x1 stride 2) is that layer. The stride-1 kernel it runs instead is a different, sound one,
+    and with channels_last the fastest safe form measured (converting to NCHW and back costs more).
+    Depthwise strided 1x1 convolutions use another kernel, which is sound and much faster than this form.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, groups: int = 1) -> None:
+        super().__init__(in_channels, out_channels, 1, stride, 0, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        return F.conv2d(x[:, :, ::sh, ::sw], self.weight, None, 1, 0, 1, self.groups)
 
 
 class ConvBNAct(nn.Sequential):

@@ -7,15 +7,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .conv import make_divisible
+from .conv import StridedPointwiseConv2d, make_divisible
 from .squeeze_excite import SqueezeExcite
 
 
 def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_channels),
-    )
+    if kernel_size == 1 and stride > 1 and groups == 1:  # the stem's scale branch: see StridedPointwiseConv2d
+        conv: nn.Conv2d = StridedPointwiseConv2d(in_channels, out_channels, stride)
+    else:
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
 
 
 def fold_conv_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
