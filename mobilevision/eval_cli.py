@@ -98,7 +98,10 @@ def _print_coco(stats: dict, per_category: bool, title: str) -> None:
 
 
 def _evaluate_checkpoint(args: argparse.Namespace) -> dict:
-    """Run a DetectionTask checkpoint over a COCO-format set with Lightning's validate loop."""
+    """Run a DetectionTask checkpoint over a COCO-format set with Lightning's validate loop.
+
+    The classes are the checkpoint's own (``label_to_category_id``, ``category_names``); the evaluated
+    file's categories are matched to them by name, so it may number them differently."""
     from .data import CocoDetectionDataModule
     from .tasks import DetectionTask, load_task
 
@@ -106,20 +109,28 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> dict:
     data_args = _checkpoint_data_args(ckpt, args)
     if (args.annotations is None) != (args.images is None):
         raise ValueError("give both --annotations and --images (or neither, for the checkpoint's own validation set)")
-    if args.annotations is not None:  # evaluate on another set; training paths only feed the category list
+    if args.annotations is not None:  # evaluate on another set; the training paths are not read
         data_args.update(train_images=str(args.images), train_annotations=str(args.annotations),
                          val_images=str(args.images), val_annotations=str(args.annotations))
     dm = CocoDetectionDataModule(**data_args)
-    if task.hparams.label_to_category_id and list(task.hparams.label_to_category_id) != dm.label_to_category_id:
-        raise ValueError(f"{args.checkpoint} predicts category ids {task.hparams.label_to_category_id}, but "
-                         f"{dm.val_annotations} has {dm.label_to_category_id}")
+    hp = task.hparams
+    if hp.label_to_category_id:
+        dm.use_categories(list(hp.label_to_category_id), hp.category_names)
+    if dm.num_classes != hp.num_classes:
+        raise ValueError(f"{args.checkpoint} predicts {hp.num_classes} classes, but {dm.train_annotations} "
+                         f"has {dm.num_classes}")
     task.hparams.eval_backend = args.backend
     trainer = _eval_trainer()
     trainer.validate(task, datamodule=dm, verbose=False)
     stats = task.last_metrics
     print(f"COCO bbox evaluation of {args.checkpoint} on {dm.val_annotations} [{args.backend}]")
     if args.results_out is not None:
-        task.evaluator.results_json(args.results_out)
+        # in the evaluated file's category ids, so that `--annotations FILE --results OUT` gives these numbers
+        in_file = dm.val_dataset.category_id_in_file
+        results = [dict(r, category_id=in_file[r["category_id"]]) for r in task.evaluator.results()
+                   if r["category_id"] in in_file]
+        args.results_out.parent.mkdir(parents=True, exist_ok=True)
+        args.results_out.write_text(json.dumps(results))
         print(f"wrote {args.results_out}")
     if args.draw is not None:
         _draw_predictions(task, dm, args.draw, args.draw_count)

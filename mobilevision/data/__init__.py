@@ -2,11 +2,20 @@
 image classification datasets (image folders, fine-grained benchmarks, the glyphs demo dataset) and data module;
 geotagged photo lists, the geoscenes demo dataset and the geolocalization data module.
 
-This package depends only on torch / albumentations / pycocotools / Lightning; it never imports
-``mobilevision.models`` or the tasks.
+This package depends only on torch / albumentations / pycocotools / Lightning and, for reading COCO
+files the way evaluation reads them, ``mobilevision.coco_format``; it never imports ``mobilevision.models``
+or the tasks.
 """
 
-from .coco import CocoDetection, ImageDecodeError, ImageSizeMismatchError, load_coco, load_rgb_image
+from .coco import (
+    CocoDetection,
+    ImageDecodeError,
+    ImageSizeMismatchError,
+    load_coco,
+    load_rgb_image,
+    read_coco,
+    training_categories,
+)
 from .detection_datamodule import CocoDetectionDataModule, ImageFolderDataset, detection_collate
 from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, render_shapes_image, shapes_paths
 from .transforms import (
@@ -54,9 +63,11 @@ __all__ = [
     "eval_transforms",
     "load_coco",
     "load_rgb_image",
+    "read_coco",
     "render_shapes_image",
     "shapes_paths",
     "train_transforms",
+    "training_categories",
     # classification
     "BENCHMARK_DATASETS",
     "BENCHMARK_NUM_CLASSES",

@@ -1,45 +1,52 @@
 """COCO-format detection dataset with strict, explicit input handling.
 
-``CocoDetection`` indexes a COCO json with pycocotools and returns ``(image, target)`` pairs.
+``CocoDetection`` reads a COCO json with :func:`mobilevision.coco_format.read_coco` (the reading shared
+with evaluation: annotation ids renumbered, ``area`` / ``iscrowd`` defaulted, Roboflow's placeholder
+category left out) and returns ``(image, target)`` pairs.
 
-Input problems never produce a silently wrong sample:
+Input problems never produce a silently wrong sample, and every image is checked before training starts:
 
-* missing image files: ``FileNotFoundError`` naming them, raised when the dataset is built
-  (all files are checked up front, not mid-epoch);
-* undecodable / corrupt images: ``ImageDecodeError`` (an ``OSError``) naming the file, raised when
-  the image is loaded;
-* decoded size (after EXIF orientation) different from the json's ``width``/``height``:
-  ``ImageSizeMismatchError`` (a ``ValueError``) naming the file.  COCO annotations refer to the
-  *displayed* image, i.e. after applying the EXIF orientation, so the json must hold the
-  transposed size; a swapped width/height usually means the json was written from the raw
-  sensor orientation, and the boxes cannot be trusted either;
-* unknown category id, malformed bbox or annotation pointing at a missing image: ``ValueError``
-  naming the annotation id and the image file;
+* ``file_name`` is relative to the image folder; subfolders and Windows separators (``train\\a.jpg``) work,
+  a name that leaves the folder (absolute, ``../``) is a ``ValueError`` naming it;
+* missing image files: one ``FileNotFoundError`` naming them all;
+* image headers that cannot be read: one ``ImageDecodeError`` (an ``OSError``) naming them all; images
+  that only fail to decode later (e.g. truncated) raise it naming the file when loaded;
+* header size (after EXIF orientation) different from the json's ``width``/``height``: one
+  ``ImageSizeMismatchError`` (a ``ValueError``) listing every such image.  COCO annotations refer to the
+  *displayed* image, i.e. after applying the EXIF orientation; a swapped width/height usually means the
+  json was written from the raw sensor orientation (Label Studio does so for phone photos);
+* unknown image or category ids, malformed boxes: ``ValueError`` naming the annotation and the image;
 * boxes partly outside their image: clipped and counted; boxes with zero / negative area after
   clipping or non-finite coordinates: dropped and counted; crowd boxes (``iscrowd=1``): left out
   of the training targets and counted.  One summary warning per dataset is logged and the counts
   are in ``dataset.stats``.
 
-Grayscale, RGBA, palette, CMYK, ... images are converted to RGB (alpha is discarded).
+The classes (labels) are the file's categories, or a given label set (the training file's, a
+checkpoint's), which the file's categories are matched to BY NAME: a validation file may use other ids.
+:func:`training_categories` is the label set of a training file.
+
+Grayscale, RGBA, palette, CMYK, 16-bit, ... images are converted to 8-bit RGB (see ``image_io``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+import posixpath
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 
-from .image_io import _EXIF_ORIENTATION, _TRANSPOSING_ORIENTATIONS, ImageDecodeError, check_files_exist, load_rgb_image
+from ..coco_format import read_coco
+from .image_io import ImageDecodeError, check_files_exist, load_rgb_image, read_image_size
 
 __all__ = [
     "CocoDetection",
@@ -47,49 +54,94 @@ __all__ = [
     "ImageSizeMismatchError",
     "load_coco",
     "load_rgb_image",
+    "read_coco",
+    "training_categories",
 ]
 
 logger = logging.getLogger(__name__)
 
+
 class ImageSizeMismatchError(ValueError):
-    """The decoded image size disagrees with the annotation file."""
+    """The image size disagrees with the annotation file."""
 
 
-def load_coco(annotations: str | os.PathLike | dict | COCO) -> COCO:
-    """A pycocotools ``COCO`` from a path, a parsed dict or an existing object (quietly)."""
-    if isinstance(annotations, COCO):
-        return annotations
+def _quiet_coco(dataset: dict) -> COCO:
     coco = COCO()
-    if isinstance(annotations, dict):
-        dataset = annotations
-    else:
-        path = os.fspath(annotations)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"annotation file not found: {path}")
-        try:
-            with open(path) as f:
-                dataset = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"annotation file {path} is not valid json: {e}") from e
-    if not isinstance(dataset, dict) or "images" not in dataset:
-        what = "annotations" if isinstance(annotations, dict) else os.fspath(annotations)
-        raise ValueError(f"{what}: not a COCO detection file (no 'images' list)")
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     return coco
 
 
-def _header_size(path: str) -> tuple[int, int]:
-    """(width, height) of the displayed image from the header only (EXIF orientation applied)."""
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS:
-                w, h = h, w
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageDecodeError(f"cannot read image header of {path}: {type(e).__name__}: {e}") from e
-    return w, h
+def load_coco(annotations: str | os.PathLike | Mapping | COCO, name: str | None = None) -> COCO:
+    """A pycocotools ``COCO`` of the sanitized file (:func:`~mobilevision.coco_format.read_coco`)."""
+    return _quiet_coco(read_coco(annotations, name))
+
+
+def training_categories(data: Mapping[str, Any], drop_empty: bool = False,
+                        name: str = "annotations") -> list[dict[str, Any]]:
+    """The label set of a training file read by :func:`read_coco`: ``[{"id", "name"}, ...]`` sorted by id.
+
+    Categories without (non-crowd) annotations are named in a warning -- the model cannot learn them --
+    and left out with ``drop_empty``. ``name`` is what messages call the file.
+    """
+    counts = Counter(a["category_id"] for a in data["annotations"] if not a.get("iscrowd"))
+    cats = sorted(data["categories"], key=lambda c: c["id"])
+    empty = [c for c in cats if not counts[c["id"]]]
+    if empty:
+        logger.warning("%s: categories without training annotations: %s; %s", name,
+                       ", ".join(f"{c['name']!r} (id {c['id']})" for c in empty),
+                       "left out (drop_empty_categories)" if drop_empty else
+                       "kept as classes the model cannot learn (drop_empty_categories=True leaves them out)")
+    if drop_empty:
+        cats = [c for c in cats if counts[c["id"]]]
+        if not cats:
+            raise ValueError(f"{name}: no category has annotations")
+    return [{"id": c["id"], "name": c["name"]} for c in cats]
+
+
+def _image_path(images_dir: str, file_name: Any, where: str) -> str:
+    """``images_dir`` joined with a relative ``file_name`` (``/`` or ``\\`` separators) that stays inside it."""
+    if not isinstance(file_name, str) or not file_name.strip():
+        raise ValueError(f"{where} has no file_name")
+    rel = file_name.replace("\\", "/")
+    norm = posixpath.normpath(rel)
+    if rel.startswith("/") or re.match(r"[A-Za-z]:", rel) or norm == ".." or norm.startswith("../"):
+        raise ValueError(f"{where}: file_name {file_name!r} points outside the image folder {images_dir} "
+                         "(file names must be relative to it: no absolute paths, no '..')")
+    return os.path.join(images_dir, *norm.split("/"))
+
+
+def _read_sizes(files: Sequence[str]) -> list[tuple[int, int] | Exception]:
+    """Header sizes (w, h) of ``files``, read by threads; an exception where a header cannot be read."""
+
+    def size(path: str) -> tuple[int, int] | Exception:
+        try:
+            return read_image_size(path)
+        except OSError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(files)))) as pool:
+        return list(pool.map(size, files))
+
+
+def _size_mismatch_message(name: str, bad: list[tuple[str, tuple[int, int], tuple[int, int]]], total: int) -> str:
+    lines = [f"{name}: {len(bad)} of {total} images differ in size from the annotation file (width x height, the "
+             "image's with its EXIF orientation applied):"]
+    swapped = 0
+    for path, (fw, fh), (w, h) in bad:
+        swap = (fw, fh) == (h, w)
+        swapped += swap
+        lines.append(f"  {path}: image {fw}x{fh}, annotation file {w}x{h}" + (" (swapped)" if swap else ""))
+    if swapped:
+        lines.append(
+            f"{swapped} of them have width and height swapped: usually the annotation file gives the raw, un-rotated "
+            "size of photos with an EXIF orientation tag (Label Studio's COCO export does this with phone photos). "
+            "COCO sizes and boxes refer to the displayed image, EXIF orientation applied: if the boxes were drawn on "
+            "the displayed image (as annotation tools show it), swap width and height of these images in the "
+            "annotation file; if they were drawn on the raw image, remove the EXIF orientation tag from the files."
+        )
+    return "\n".join(lines)
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -97,70 +149,68 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Args:
         images_dir: folder the images' ``file_name`` are relative to.
-        annotations: path to the COCO json (or a parsed dict / pycocotools ``COCO``).
+        annotations: path to the COCO json (or a dataset dict / pycocotools ``COCO``).
         transforms: optional callable ``(image, boxes, labels) -> (image, boxes, labels)`` with
             ``image`` HxWx3 uint8, ``boxes`` (N, 4) float32 xyxy pixels, ``labels`` (N,) int64
             (e.g. :class:`mobilevision.data.transforms.DetectionTransform`).
-        category_ids: category ids defining the label order (default: all categories of the file,
-            sorted by id).  Pass the training set's ids to give a validation set the same mapping.
+        categories: the label set, ``[{"id", "name"}, ...]`` in label order (default: the file's
+            categories sorted by id).  Pass the training set's (:func:`training_categories`) to give a
+            validation set the same labels: its categories are matched by name (by id where the label set
+            has no names) and its annotations re-expressed in the label set's ids, so ``coco`` is the
+            ground truth in the label set's ids.  A category of the file that has annotations and is not
+            in the label set is a ``ValueError``, or, with ``skip_other_categories``, its annotations
+            are left out (with a warning).
         cache_images: decode all images once up front and keep them in memory.
-        check_files: check up front that every image file exists (default True).
+        check_files: check up front that every image exists and that its header size (EXIF orientation
+            applied) is the json's ``width``/``height`` (default True).
+        name: what messages call the annotation file (default: its path).
 
     Each item is ``(image, target)``: without transforms ``image`` is the HxWx3 uint8 numpy array,
     ``target = {"boxes": float32 (N, 4) xyxy, "labels": int64 (N,), "image_id": int,
     "orig_size": (h, w)}`` with boxes in the coordinates of the returned image.  Labels are
-    contiguous ``0..C-1`` in ascending category-id order; ``label_to_category_id[label]`` maps back.
+    contiguous ``0..C-1`` in label-set order; ``label_to_category_id[label]`` maps back, and
+    ``category_id_in_file`` maps a label-set category id to this file's id.
     """
 
     def __init__(
         self,
         images_dir: str | os.PathLike,
-        annotations: str | os.PathLike | dict | COCO,
+        annotations: str | os.PathLike | Mapping | COCO,
         transforms: Callable[..., Any] | None = None,
         *,
-        category_ids: Sequence[int] | None = None,
+        categories: Sequence[Mapping[str, Any]] | None = None,
+        skip_other_categories: bool = False,
         cache_images: bool = False,
         check_files: bool = True,
+        name: str | None = None,
     ) -> None:
         self.images_dir = os.fspath(images_dir)
         self.annotation_file = os.fspath(annotations) if isinstance(annotations, (str, os.PathLike)) else None
-        self.coco = load_coco(annotations)
+        self._name = name or self.annotation_file or "annotations"
         self.transforms = transforms
-        self._name = os.path.basename(self.annotation_file) if self.annotation_file else "annotations"
+        data = read_coco(annotations, self._name)
+        self.categories, data, self.category_id_in_file = self._label_set(data, categories, skip_other_categories)
+        self.coco = _quiet_coco(data)
+        self.label_to_category_id: list[int] = [c["id"] for c in self.categories]
+        self.category_id_to_label: dict[int, int] = {c: i for i, c in enumerate(self.label_to_category_id)}
+        self.category_names: list[str] = [c["name"] for c in self.categories]
 
-        cats = {int(c["id"]): c for c in self.coco.dataset.get("categories", [])}
-        if category_ids is None:
-            category_ids = sorted(cats)
-        else:
-            category_ids = [int(c) for c in category_ids]
-            missing = sorted(set(category_ids) - set(cats))
-            if missing and cats:
-                raise ValueError(f"{self._name}: category ids {missing} are not in the file's categories")
-        if not category_ids:
-            raise ValueError(f"{self._name}: no categories defined")
-        if len(set(category_ids)) != len(category_ids):
-            raise ValueError(f"{self._name}: duplicate category ids {category_ids}")
-        self.label_to_category_id: list[int] = list(category_ids)
-        self.category_id_to_label: dict[int, int] = {c: i for i, c in enumerate(category_ids)}
-        self.category_names: list[str] = [str(cats.get(c, {}).get("name", c)) for c in category_ids]
-
-        self.ids: list[int] = sorted(int(i) for i in self.coco.imgs)
+        self.ids: list[int] = sorted(self.coco.imgs)
         self._files: list[str] = []
         self._sizes: list[tuple[int, int] | None] = []  # (h, w) from the json
         for img_id in self.ids:
             info = self.coco.imgs[img_id]
-            if "file_name" not in info:
-                raise ValueError(f"{self._name}: image id {img_id} has no file_name")
-            self._files.append(os.path.join(self.images_dir, info["file_name"]))
+            self._files.append(_image_path(self.images_dir, info.get("file_name"), f"{self._name}: image id {img_id}"))
             w, h = info.get("width"), info.get("height")
             self._sizes.append((int(h), int(w)) if w and h else None)
-
         if check_files:
-            check_files_exist(self._files, f"{self._name} (images under {self.images_dir})")
-        for i, size in enumerate(self._sizes):
-            if size is None:  # no width/height in the json: read the header once
-                w, h = _header_size(self._files[i])
-                self._sizes[i] = (h, w)
+            self._check_images()
+        else:
+            missing = [i for i, size in enumerate(self._sizes) if size is None]
+            for i, size in zip(missing, _read_sizes([self._files[i] for i in missing])):
+                if isinstance(size, Exception):
+                    raise size
+                self._sizes[i] = (size[1], size[0])
 
         self.stats = {"boxes": 0, "clipped": 0, "dropped_degenerate": 0, "crowd_ignored": 0, "images_without_boxes": 0}
         self._boxes: list[np.ndarray] = []
@@ -173,65 +223,99 @@ class CocoDetection(torch.utils.data.Dataset):
 
     # ----------------------------------------------------------------------------- setup
 
+    def _label_set(self, data: dict, categories: Sequence[Mapping[str, Any]] | None,
+                   skip_other: bool) -> tuple[list[dict[str, Any]], dict, dict[int, int]]:
+        """(label set, ``data`` in the label set's category ids, {label-set id: file id})."""
+        file_cats = sorted(data["categories"], key=lambda c: c["id"])
+        if categories is None:
+            return [{"id": c["id"], "name": c["name"]} for c in file_cats], data, {c["id"]: c["id"] for c in file_cats}
+        label_set = [{"id": int(c["id"]), "name": None if c.get("name") is None else str(c["name"])}
+                     for c in categories]
+        key = "name" if all(c["name"] is not None for c in label_set) else "id"  # ids: checkpoints without names
+        index = {c[key]: c for c in label_set}
+        if not label_set or len(index) != len(label_set) or len({c["id"] for c in label_set}) != len(label_set):
+            raise ValueError(f"label set with repeated or no categories: {label_set}")
+        counts = Counter(a["category_id"] for a in data["annotations"])
+        to_set: dict[int, int] = {}  # file id -> label-set id
+        others = []
+        for c in file_cats:
+            if c[key] in index:
+                to_set[c["id"]] = index[c[key]]["id"]
+                index[c[key]]["name"] = c["name"]  # (only changes a label set without names)
+            elif counts[c["id"]]:
+                others.append(c)
+        if others:
+            what = ", ".join(f"{c['name']!r} (id {c['id']}, {counts[c['id']]} annotations)" for c in others)
+            if not skip_other:
+                known = ", ".join(repr(c[key]) for c in label_set)
+                raise ValueError(f"{self._name}: categories {what} are not training categories (the classes are "
+                                 f"{known}); categories are matched by {key}")
+            logger.warning("%s: left out the annotations of %s: not training categories", self._name, what)
+        for c in label_set:
+            if c["name"] is None:
+                c["name"] = str(c["id"])
+        anns = [dict(a, category_id=to_set[a["category_id"]])
+                for a in data["annotations"] if a["category_id"] in to_set]
+        data = {**data, "annotations": anns, "categories": [dict(c) for c in label_set]}
+        return label_set, data, {v: k for k, v in to_set.items()}
+
+    def _check_images(self) -> None:
+        """Every image exists, has a readable header and the json's size (all problems in one error)."""
+        where = f"{self._name} (images under {self.images_dir})"
+        check_files_exist(self._files, where)
+        sizes = _read_sizes(self._files)
+        unreadable = [str(s) for s in sizes if isinstance(s, Exception)]
+        if unreadable:
+            raise ImageDecodeError(f"{where}: {len(unreadable)} of {len(sizes)} images cannot be read:\n  "
+                                   + "\n  ".join(unreadable))
+        bad = []
+        for i, (w, h) in enumerate(sizes):
+            if self._sizes[i] is None:  # no width/height in the json: the header's
+                self._sizes[i] = (h, w)
+            elif self._sizes[i] != (h, w):
+                bad.append((self._files[i], (w, h), self._sizes[i][::-1]))
+        if bad:
+            raise ImageSizeMismatchError(_size_mismatch_message(self._name, bad, len(sizes)))
+
     def _parse_annotations(self) -> None:
-        index = {img_id: i for i, img_id in enumerate(self.ids)}
-        unknown_images = [a for a in self.coco.anns.values() if int(a.get("image_id", -1)) not in index]
-        if unknown_images:
-            a = unknown_images[0]
-            raise ValueError(
-                f"{self._name}: annotation id {a.get('id')} refers to image_id {a.get('image_id')} "
-                f"which is not in 'images' ({len(unknown_images)} such annotations)"
-            )
         clipped_ids, dropped_ids = [], []
         for i, img_id in enumerate(self.ids):
             h, w = self._sizes[i]
             boxes, labels = [], []
             for ann in self.coco.imgToAnns.get(img_id, []):
-                cat = ann.get("category_id")
-                if cat not in self.category_id_to_label:
-                    raise ValueError(
-                        f"{self._name}: annotation id {ann.get('id')} (image {self._files[i]}) has unknown "
-                        f"category_id {cat!r}; known ids: {self.label_to_category_id}"
-                    )
-                bbox = ann.get("bbox")
-                if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-                    raise ValueError(
-                        f"{self._name}: annotation id {ann.get('id')} (image {self._files[i]}) has a malformed "
-                        f"bbox {bbox!r}; expected [x, y, width, height]"
-                    )
-                if ann.get("iscrowd", 0):
+                if ann["iscrowd"]:
                     self.stats["crowd_ignored"] += 1
                     continue
                 self.stats["boxes"] += 1
-                x, y, bw, bh = (float(v) for v in bbox)
+                x, y, bw, bh = ann["bbox"]
                 box = np.array([x, y, x + bw, y + bh], dtype=np.float64)
                 if not np.isfinite(box).all():
                     self.stats["dropped_degenerate"] += 1
-                    dropped_ids.append(ann.get("id"))
+                    dropped_ids.append(ann["id"])
                     continue
                 clipped = np.clip(box, 0.0, [w, h, w, h])
                 if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
                     self.stats["dropped_degenerate"] += 1
-                    dropped_ids.append(ann.get("id"))
+                    dropped_ids.append(ann["id"])
                     continue
                 if not np.array_equal(clipped, box):
                     self.stats["clipped"] += 1  # kept, clipped to the image
-                    clipped_ids.append(ann.get("id"))
+                    clipped_ids.append(ann["id"])
                 boxes.append(clipped)
-                labels.append(self.category_id_to_label[cat])
+                labels.append(self.category_id_to_label[ann["category_id"]])
             if not boxes:
                 self.stats["images_without_boxes"] += 1
             self._boxes.append(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
             self._labels.append(np.asarray(labels, dtype=np.int64))
         if clipped_ids or dropped_ids:
             logger.warning(
-                "%s: clipped %d box(es) extending outside their image (e.g. annotation ids %s); dropped %d box(es) "
-                "with zero/negative area after clipping or non-finite coordinates (e.g. annotation ids %s)",
+                "%s: clipped %d box(es) extending outside their image (e.g. annotations #%s of the file); dropped %d "
+                "box(es) with zero/negative area after clipping or non-finite coordinates (e.g. annotations #%s)",
                 self._name,
                 len(clipped_ids),
-                clipped_ids[:5],
+                sorted(clipped_ids)[:5],
                 len(dropped_ids),
-                dropped_ids[:5],
+                sorted(dropped_ids)[:5],
             )
 
     def cache_images(self, num_threads: int | None = None) -> None:

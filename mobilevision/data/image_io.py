@@ -3,7 +3,12 @@
 ``load_rgb_image`` never returns a silently wrong image: a missing file raises
 ``FileNotFoundError`` and an undecodable one ``ImageDecodeError``, both naming the file.
 Grayscale, RGBA, palette, CMYK, ... images are converted to RGB (alpha is discarded) and the EXIF
-orientation is applied.
+orientation is applied. Images of more than 8 bits are scaled to 8 bits, never saturated: 16-bit ones
+keep their high byte (``>> 8``, what Pillow itself does with 16-bit RGB PNGs, so 16-bit grayscale and RGB
+agree), float ones must lie in [0, 1] (``* 255``); any other float or 32-bit integer image is refused
+with an ``ImageDecodeError`` naming the file.
+
+``read_image_size`` gives the displayed size (EXIF orientation applied) from the file header alone.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageDecodeError", "check_files_exist", "is_image_file", "missing_files", "load_rgb_image"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageDecodeError", "check_files_exist", "is_image_file", "load_rgb_image",
+           "missing_files", "read_image_size"]
 
 #: File extensions treated as images (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -33,12 +39,30 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _high_depth_to_uint8(img: Image.Image, path: str) -> np.ndarray | None:
+    """HxW uint8 of a 16-bit / 32-bit integer / float single-channel image; None for other modes."""
+    if not (img.mode.startswith("I;16") or img.mode in ("I", "F")):
+        return None
+    arr = np.asarray(img)
+    if img.mode == "F":
+        if not np.isfinite(arr).all() or arr.min(initial=0.0) < 0 or arr.max(initial=0.0) > 1:
+            raise ImageDecodeError(f"cannot decode image {path}: float image with values outside [0, 1] "
+                                   f"({np.nanmin(arr):g} .. {np.nanmax(arr):g}); convert it to 8 bits")
+        return np.rint(arr * 255.0).astype(np.uint8)
+    # "I;16*": 16 bits. Pillow also opens 16-bit PGM (and 16-bit PNG in old versions) as 32-bit "I".
+    if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
+        raise ImageDecodeError(f"cannot decode image {path}: 32-bit integer image with values outside 16 bits "
+                               f"({arr.min()} .. {arr.max()}); convert it to 8 bits")
+    return (arr.astype(np.uint32) >> 8).astype(np.uint8)
+
+
 def load_rgb_image(path: str | os.PathLike) -> np.ndarray:
     """Decode ``path`` to an HxWx3 uint8 RGB array with the EXIF orientation applied.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ImageDecodeError: the file cannot be decoded (the message names the file).
+        ImageDecodeError: the file cannot be decoded, or is a float / 32-bit image that has no faithful
+            8-bit version (the message names the file).
     """
     path = os.fspath(path)
     try:
@@ -46,6 +70,9 @@ def load_rgb_image(path: str | os.PathLike) -> np.ndarray:
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
             if orientation not in (1, None):
                 img = ImageOps.exif_transpose(img)
+            gray = _high_depth_to_uint8(img, path)
+            if gray is not None:
+                return np.repeat(gray[:, :, None], 3, axis=2)
             if img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
             if img.mode != "RGB":
@@ -55,11 +82,32 @@ def load_rgb_image(path: str | os.PathLike) -> np.ndarray:
             arr = np.array(img, dtype=np.uint8)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
+    except ImageDecodeError:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
     if arr.ndim != 3 or arr.shape[2] != 3:  # pragma: no cover - convert("RGB") guarantees this
         raise ImageDecodeError(f"cannot decode image {path}: unexpected array shape {arr.shape}")
     return arr
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of the displayed image (EXIF orientation applied), from the file header only.
+
+    Raises ``FileNotFoundError`` / ``ImageDecodeError`` naming the file.
+    """
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            # Image.getexif, not the PNG override, which decodes the whole file to look for a late eXIf chunk.
+            if Image.Image.getexif(img).get(_EXIF_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS:
+                w, h = h, w
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(f"cannot read the image header of {path}: {type(e).__name__}: {e}") from e
+    return w, h
 
 
 def missing_files(files: Sequence[str]) -> list[str]:

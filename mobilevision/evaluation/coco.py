@@ -6,6 +6,13 @@ re-implemented here; this module only converts predictions into the official res
 restricts the evaluation to the right image ids, gathers predictions across DDP ranks and reads the
 public outputs (``stats`` and ``eval['precision']``).
 
+The ground truth (a file, a dict or a COCO object) is always read by
+:func:`mobilevision.coco_format.read_coco`, as training reads it: annotation ids are renumbered 1..N
+(the COCO API takes id 0 for "unmatched" and keeps one annotation of a repeated id, so exports that
+number from 0 or merge files would silently score below 1.0 with perfect detections), ``area`` and
+``iscrowd`` get their defaults (box area, 0), Roboflow's placeholder category is left out. Image and
+category ids are the file's.
+
 Prediction format accepted by :meth:`COCOEvaluator.update` (one dict per image)::
 
     {"image_id": int,               # COCO image id of the ground truth
@@ -46,6 +53,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..coco_format import read_coco
 
 __all__ = [
     "BACKENDS",
@@ -130,31 +139,23 @@ def _read_json(path: str | os.PathLike, what: str) -> Any:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{what} file not found: {str(p)!r}")
-    with open(p) as f:
-        return json.load(f)
+    try:
+        with open(p) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} file {str(p)!r} is not valid json: {e}") from e
 
 
 def load_coco_gt(source: Any) -> dict:
-    """Return the COCO ground-truth *dataset dict* from a path, a dict, or a COCO-like object.
+    """The sanitized COCO ground-truth *dataset dict* of a path, a dict, or a COCO-like object.
 
-    A COCO-like object is anything with a ``dataset`` dict attribute (``pycocotools.coco.COCO``,
-    ``faster_coco_eval.COCO``). A missing file raises ``FileNotFoundError`` naming it.
+    Read by :func:`mobilevision.coco_format.read_coco`, the reading training uses too: annotation ids
+    renumbered 1..N (an id 0 or a repeated id would silently lower AP), ``area`` / ``iscrowd``
+    defaulted, Roboflow's placeholder category left out. A COCO-like object is anything with a
+    ``dataset`` dict attribute (``pycocotools.coco.COCO``, ``faster_coco_eval.COCO``). A missing file
+    raises ``FileNotFoundError`` naming it, a malformed one ``ValueError``.
     """
-    if isinstance(source, (str, os.PathLike)):
-        data = _read_json(source, "COCO annotations")
-    elif isinstance(source, Mapping):
-        data = dict(source)
-    elif isinstance(getattr(source, "dataset", None), Mapping):
-        data = source.dataset
-    else:
-        raise TypeError(
-            "ground truth must be a pycocotools.coco.COCO (or compatible) object, a dataset dict "
-            f"or a path to an annotation file, got {type(source).__name__}"
-        )
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(f"COCO ground truth has no {key!r} entry")
-    return data
+    return read_coco(source)
 
 
 def _format_ids(ids: Iterable[Any], limit: int = 10) -> str:
@@ -164,21 +165,18 @@ def _format_ids(ids: Iterable[Any], limit: int = 10) -> str:
 
 
 class _GroundTruth:
-    """The ground truth, with one lazily built COCO object per backend (built once, reused)."""
+    """The sanitized ground truth, with one lazily built COCO object per backend (built once, reused)."""
 
     def __init__(self, source: Any):
-        self._path = str(source) if isinstance(source, (str, os.PathLike)) else None
-        self._pycoco = None
-        if self._path is None and type(source).__module__.startswith("pycocotools"):
-            self._pycoco = source  # use the caller's object as is
         self.dataset = load_coco_gt(source)
+        self._pycoco = None
         self._faster = None
         self.image_ids: list[int] = [img["id"] for img in self.dataset["images"]]
         self.image_id_set = set(self.image_ids)
         cats = sorted(self.dataset["categories"], key=lambda c: c["id"])
         self.category_ids: list[int] = [c["id"] for c in cats]
         self.category_id_set = set(self.category_ids)
-        self.category_names: dict[int, str] = {c["id"]: str(c.get("name", c["id"])) for c in cats}
+        self.category_names: dict[int, str] = {c["id"]: c["name"] for c in cats}
 
     def coco(self, backend: str):
         if backend == "pycocotools":
@@ -341,7 +339,7 @@ class COCOEvaluator:
 
     Args:
         coco_gt: ``pycocotools.coco.COCO`` ground truth (or any object with a ``dataset`` dict,
-            a dataset dict, or the path to an annotation JSON).
+            a dataset dict, or the path to an annotation JSON); read by :func:`load_coco_gt`.
         label_to_category_id: contiguous label -> COCO category id, as a list (``lst[label]``) or
             a dict. ``None``: ``sorted(category ids of coco_gt)``.
         backend: ``"pycocotools"`` (reference) or ``"faster_coco_eval"`` (same numbers, faster).
