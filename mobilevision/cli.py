@@ -17,13 +17,15 @@ from pathlib import Path
 import torch
 import yaml
 from pytorch_lightning import LightningDataModule, LightningModule
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from .data.classification import ClassificationDataModule
 from .data.detection_datamodule import CocoDetectionDataModule
 from .data.geolocalization import GeolocalizationDataModule
 from .tasks import ClassificationTask, DetectionTask, GeolocalizationTask
+from .tasks._progress import TrainingProgressBar
+from .tasks.checkpoint import TrainingCheckpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -55,7 +57,7 @@ class MobileVisionCLI(LightningCLI):
         trainer_defaults = {
             "default_root_dir": f"outputs/{task}",
             "precision": "16-mixed" if torch.cuda.is_available() else "32-true",
-            "callbacks": [RichProgressBar(), LearningRateMonitor("step")],
+            "callbacks": [TrainingProgressBar(), LearningRateMonitor("step")],
         }
         super().__init__(self.task.model, self.task.data, subclass_mode_model=True, subclass_mode_data=True,
                          trainer_defaults=trainer_defaults, **kwargs)
@@ -64,11 +66,14 @@ class MobileVisionCLI(LightningCLI):
         for link in self.task.links:
             source, _, target = link.partition("->")
             parser.link_arguments(f"data.{source}", f"model.init_args.{target or source}", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # best-{epoch}.ckpt by the task's metric; last.ckpt = the final weights, also refreshed every 200 optimizer
+        # steps so that a killed run resumes (--ckpt_path .../last.ckpt) close to where it stopped
+        parser.add_lightning_class_args(TrainingCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": self.task.monitor, "checkpoint.mode": "max",
                              "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}",
                              "checkpoint.auto_insert_metric_name": False,
-                             "checkpoint.save_on_train_epoch_end": True})  # last.ckpt = the final weights
+                             "checkpoint.save_on_train_epoch_end": True,
+                             "checkpoint.save_last_every_n_steps": 200})
 
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
@@ -87,16 +92,26 @@ class MobileVisionCLI(LightningCLI):
 
 
 def task_of(argv: list[str]) -> str:
-    """The task named by ``--task``, or by the class_path of the model in a ``--config`` file."""
+    """The task named by ``--task NAME`` / ``--task=NAME``, else by the model ``class_path`` of the last
+    ``--config PATH`` / ``--config=PATH`` file that has one (later configs override earlier ones), else
+    ``ssdlite``."""
+    task, configs = None, []
     for i, arg in enumerate(argv):
-        if arg.startswith("--task"):
-            return arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
-            class_path = (yaml.safe_load(Path(argv[i + 1]).read_text()) or {}).get("model", {}).get("class_path", "")
-            for name, spec in TASKS.items():
-                if class_path.endswith(spec.model.__name__):
-                    return name
+        key, eq, value = arg.partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if key == "--task" and task is None:
+            task = value
+        elif key == "--config":
+            configs.append(Path(value))
+    if task:
+        return task
+    for config in reversed(configs):
+        model = (yaml.safe_load(config.read_text()) or {}).get("model") if config.is_file() else None
+        class_path = model.get("class_path", "") if isinstance(model, dict) else ""
+        for name, spec in TASKS.items():
+            if class_path and class_path.endswith(spec.model.__name__):
+                return name
     return "ssdlite"
 
 

@@ -31,19 +31,22 @@ CLASSIFICATION_CONFIGS = sorted((CONFIG_DIR / "classification").glob("*.yaml"))
 COLORS = {"blue": (40, 60, 210), "green": (40, 190, 60), "red": (210, 40, 40)}
 
 
-def make_color_folder(root: Path, mislabel_odd_val: bool = False) -> Path:
+def make_color_folder(root: Path, mislabel_odd_val: bool = False, n_val: int = 4,
+                      names: list[str] | None = None) -> Path:
     """ImageNet-style folder of 3 easily separable classes: noisy images of one colour each (8 train and
-    4 val per class). ``mislabel_odd_val``: val images 1 and 3 of each class show the next class's colour."""
+    ``n_val`` val per class). ``mislabel_odd_val``: val images 1, 3, ... of each class show the next class's colour.
+    ``names``: other folder names for the three colours."""
     rng = np.random.default_rng(0)
+    folders = dict(zip(sorted(COLORS), names or sorted(COLORS)))
     names = sorted(COLORS)
-    for split, n in (("train", 8), ("val", 4)):
+    for split, n in (("train", 8), ("val", n_val)):
         for k, name in enumerate(names):
-            (root / split / name).mkdir(parents=True)
+            (root / split / folders[name]).mkdir(parents=True)
             for i in range(n):
                 wrong = mislabel_odd_val and split == "val" and i % 2 == 1
                 rgb = COLORS[names[(k + 1) % 3] if wrong else name]
                 img = np.clip(np.array(rgb) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(root / split / name / f"{i}.png")
+                Image.fromarray(img).save(root / split / folders[name] / f"{i}.png")
     return root
 
 
@@ -246,7 +249,7 @@ def test_freeze_backbone_trains_only_the_head(one_thread):
                               optimizer="sgd", lr=0.5, warmup=0.0)
     backbone = {k: v.clone() for k, v in task.model.backbone.state_dict().items()}  # BN statistics included
     fc = task.model.fc.weight.detach().clone()
-    quiet_trainer(max_steps=2).fit(task, train_dataloaders=_random_loader())
+    quiet_trainer(max_steps=2, enable_checkpointing=False).fit(task, train_dataloaders=_random_loader())
     for k, v in task.model.backbone.state_dict().items():
         assert torch.equal(v, backbone[k]), k
     assert not torch.equal(task.model.fc.weight, fc)
@@ -281,14 +284,66 @@ def test_predict_returns_probabilities(finetuned):
 
 
 def test_ddp_validation_accuracy_equals_single_process(finetuned, tmp_path):
-    """2 CPU processes (gloo): the metrics are computed over both processes' samples, not rank 0's."""
+    """2 CPU processes (gloo) on an odd number of val images: the metrics count every image exactly once, over
+    both processes (not rank 0's alone, and not the image a padding DistributedSampler would repeat)."""
     task, _, _, _, _ = finetuned
-    # DistributedSampler gives rank 0 the even and rank 1 the odd val indices; the odd images are mislabelled,
-    # so rank 0 alone would score 1.0 and rank 1 alone 0.0
-    dm = folder_dm(make_color_folder(tmp_path / "mixed", mislabel_odd_val=True))
+    # 9 val images: blue 0-2, green 3-5, red 6-8, the middle one of each class mislabelled (6/9 right). Rank 0
+    # evaluates 5 images in 3 batches, rank 1 4 images in 2 batches; padding would add image 0 (right): 7/10.
+    dm = folder_dm(make_color_folder(tmp_path / "mixed", mislabel_odd_val=True, n_val=3), batch_size=2)
     ref = quiet_trainer().validate(task, datamodule=dm, verbose=False)[0]
-    assert ref["val/acc1"] == pytest.approx(0.5), "vacuous comparison: the fine-tuned model is not perfect"
+    assert ref["val/acc1"] == pytest.approx(6 / 9), "vacuous comparison: the fine-tuned model is not perfect"
     ddp = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_progress_bar=False)
     got = ddp.validate(task, datamodule=dm, verbose=False)[0]
     for key in ("val/acc1", "val/acc5", "val/acc_mean_class", "val/loss"):
         assert got[key] == pytest.approx(ref[key], rel=1e-5), key
+
+
+def test_resuming_on_other_classes_is_refused(finetuned, tmp_path):
+    _, _, ckpt, _, _ = finetuned  # trained on blue / green / red
+    other = folder_dm(make_color_folder(tmp_path / "other", names=["cyan", "magenta", "yellow"]))
+    task = ClassificationTask(backbone="mobilenet_v1", width=0.25, num_classes=other.num_classes,
+                              class_names=list(other.class_names), image_size=32)
+    with pytest.raises(ValueError, match=r"trained with class_names=\['blue', 'green', 'red'\] but the data module "
+                                         r"has class_names=\['cyan', 'magenta', 'yellow'\]"):
+        quiet_trainer(max_epochs=50).fit(task, datamodule=other, ckpt_path=ckpt, weights_only=True)
+
+
+class RecordWeightsAtTrainStart(pl.Callback):
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+
+
+def test_backbone_weights_load_only_when_a_fit_starts_from_scratch(color_folder, tmp_path, one_thread):
+    """A fresh fit starts from the weights file; resuming, load_from_checkpoint and validating a checkpoint need
+    no weights file (the checkpoint holds every weight)."""
+    weights = tmp_path / "imagenet.pth"
+    torch.save(create_classifier("mobilenet_v1", 1000, width=0.25).state_dict(), weights)
+    expected = torch.load(weights, weights_only=True)
+    dm = folder_dm(color_folder)
+    kwargs = dict(backbone="mobilenet_v1", width=0.25, num_classes=3, class_names=list(dm.class_names),
+                  image_size=32, backbone_weights=str(weights), optimizer="adamw", lr=1e-3)
+    task = ClassificationTask(**kwargs)
+    probe = RecordWeightsAtTrainStart()
+    trainer = quiet_trainer(max_steps=2, num_sanity_val_steps=0, limit_val_batches=0, enable_checkpointing=False,
+                            callbacks=[probe])
+    trainer.fit(task, datamodule=dm)
+    backbone = [k for k in expected if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(probe.state[k], expected[k]) for k in backbone)
+    assert probe.state["fc.weight"].shape == (3, expected["fc.weight"].shape[1])  # 1000 -> 3 classes: fresh fc
+    ckpt = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(ckpt)
+    weights.unlink()
+
+    resumed = quiet_trainer(max_steps=4, num_sanity_val_steps=0, limit_val_batches=0, enable_checkpointing=False)
+    resumed.fit(ClassificationTask(**kwargs), datamodule=dm, ckpt_path=ckpt, weights_only=True)
+    assert resumed.global_step == 4
+    loaded = ClassificationTask.load_from_checkpoint(ckpt, weights_only=True)
+    assert torch.equal(loaded.model.fc.weight, task.model.fc.weight)
+    metrics = quiet_trainer().validate(ClassificationTask(**kwargs), datamodule=dm, ckpt_path=ckpt,
+                                       weights_only=True, verbose=False)[0]
+    assert 0 <= metrics["val/acc1"] <= 1
+    with pytest.raises(FileNotFoundError, match="imagenet.pth"):  # a fresh fit does need the file
+        quiet_trainer(max_steps=1, enable_checkpointing=False).fit(ClassificationTask(**kwargs), datamodule=dm)

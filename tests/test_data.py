@@ -211,22 +211,27 @@ def test_missing_image_named_at_setup(tmp_path):
 
 def test_corrupt_jpeg_named(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 10)
+    (tmp_path / "bad2.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     good = _img(tmp_path, "good.jpg", format="JPEG")
     buf = io.BytesIO()
-    Image.new("RGB", (40, 30), (200, 0, 0)).save(buf, format="JPEG")
-    (tmp_path / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    noise = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buf, format="JPEG")
+    (tmp_path / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # header intact
+    truncated = {"id": 91, "file_name": "truncated.jpg", "width": 400, "height": 300}
     ann = _write_coco(
         tmp_path,
         [good, {"id": 90, "file_name": "bad.jpg", "width": 40, "height": 30},
-         {"id": 91, "file_name": "truncated.jpg", "width": 40, "height": 30}],
+         {"id": 92, "file_name": "bad2.png", "width": 40, "height": 30}, truncated],
         [],
     )
-    ds = CocoDetection(tmp_path, ann)  # existence only: no decoding at setup
+    # unreadable headers: one error at setup naming every such file
+    with pytest.raises(ImageDecodeError, match=r"2 of 4 images cannot be read(.|\n)*bad\.jpg(.|\n)*bad2\.png"):
+        CocoDetection(tmp_path, ann)
+    # a file whose header reads but whose data is cut: named when it is decoded
+    ds = CocoDetection(tmp_path, _write_coco(tmp_path, [good, truncated], [], name="t.json"))
     ds[0]
-    with pytest.raises(ImageDecodeError, match="bad.jpg"):
-        ds[1]
     with pytest.raises(OSError, match="truncated.jpg"):
-        ds[2]
+        ds[1]
 
 
 def test_boxes_clipped_and_degenerate_dropped_with_summary(tmp_path, caplog):
@@ -339,7 +344,7 @@ def _rect_image(rng):
     return image, np.array(boxes, np.float32), np.array(labels)
 
 
-@pytest.mark.parametrize("augment", ["none", "flip", "ssdlite", "ssd"])
+@pytest.mark.parametrize("augment", ["none", "flip", "flips", "ssdlite", "ssd"])
 def test_transforms_keep_boxes_tight(augment):
     torch.manual_seed(0)
     size = 64

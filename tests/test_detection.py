@@ -273,6 +273,75 @@ def test_top_nms_matches_full_nms(seed):
         assert torch.equal(top_nms(boxes, scores, labels, 0.5, limit), expected)
 
 
+def _torchvision_postprocess(cls_logits, bbox_regression, anchors, image_sizes, score_thresh, nms_thresh,
+                             topk_candidates, detections_per_img, box_weights=(10.0, 10.0, 5.0, 5.0)):
+    """torchvision's ``SSD.postprocess_detections`` (softmax, per class: score > thresh then top-k; decode,
+    clip, class-wise NMS, best ``detections_per_img``), called on a stand-in for the SSD object; labels
+    shifted to ours (torchvision's 0 is the background)."""
+    from types import SimpleNamespace
+
+    from torchvision.models.detection._utils import BoxCoder as TorchvisionBoxCoder
+    from torchvision.models.detection.ssd import SSD
+
+    ssd = SimpleNamespace(box_coder=TorchvisionBoxCoder(box_weights), score_thresh=score_thresh,
+                          nms_thresh=nms_thresh, topk_candidates=topk_candidates,
+                          detections_per_img=detections_per_img)
+    dets = SSD.postprocess_detections(ssd, {"cls_logits": cls_logits, "bbox_regression": bbox_regression},
+                                      anchors, image_sizes)
+    return [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - 1} for d in dets]
+
+
+def _assert_same_detections(ours, ref):
+    """Same detections in the same order (decreasing score; random scores have no ties, which both
+    implementations may order differently)."""
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        assert a["labels"].tolist() == b["labels"].tolist()
+        torch.testing.assert_close(a["scores"], b["scores"])
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+
+
+@pytest.mark.parametrize("settings", [
+    dict(score_thresh=0.05, nms_thresh=0.45, topk_candidates=100, detections_per_img=50),
+    dict(score_thresh=0.01, nms_thresh=0.5, topk_candidates=300, detections_per_img=5),  # top_nms's prefix path
+    dict(score_thresh=0.3, nms_thresh=0.6, topk_candidates=20, detections_per_img=100),  # top-k binds
+    dict(score_thresh=0.5, nms_thresh=0.7, topk_candidates=300, detections_per_img=1000),  # threshold binds
+    dict(score_thresh=0.0, nms_thresh=1.0, topk_candidates=1000, detections_per_img=300),  # top-k > anchors
+])
+def test_postprocess_matches_torchvision(settings):
+    g = torch.Generator().manual_seed(0)
+    batch, num_anchors, num_classes = 2, 600, 4
+    sizes = [(100, 80), (64, 120)]
+    centres = torch.rand(num_anchors, 2, generator=g) * torch.tensor([120.0, 100.0])
+    wh = torch.rand(num_anchors, 2, generator=g) * 50 + 4
+    anchors = torch.cat([centres - wh / 2, centres + wh / 2], 1)
+    logits = torch.randn(batch, num_anchors, num_classes + 1, generator=g) * 3
+    deltas = torch.randn(batch, num_anchors, 4, generator=g)
+    ours = postprocess(logits, deltas, anchors, sizes, **settings)
+    ref = _torchvision_postprocess(logits, deltas, [anchors] * batch, sizes, **settings)
+    assert sum(len(d["boxes"]) for d in ref) > 0
+    _assert_same_detections(ours, ref)
+
+
+def test_ssdlite_postprocess_matches_torchvision():
+    """The model's own postprocess (its settings, box coder, anchors and input size) on its real outputs."""
+    torch.manual_seed(0)
+    model = SSDLite("mobilenet_v2", num_classes=3, width=0.25, image_size=64).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 80))
+    # a trained detector's spread (at init the head's outputs are ~1e-6: every score ~1/4, ties everywhere)
+    out["cls_logits"] = out["cls_logits"] / out["cls_logits"].std() * 2
+    out["bbox_regression"] = out["bbox_regression"] / out["bbox_regression"].std()
+    assert model.box_coder.weights == (10.0, 10.0, 5.0, 5.0)
+    settings = dict(score_thresh=model.score_thresh, nms_thresh=model.nms_thresh,
+                    topk_candidates=model.topk_candidates, detections_per_img=model.detections_per_img)
+    assert settings == dict(score_thresh=0.01, nms_thresh=0.5, topk_candidates=300, detections_per_img=100)
+    ref = _torchvision_postprocess(out["cls_logits"], out["bbox_regression"], [out["anchors"]] * 2,
+                                   [(64, 80)] * 2, **settings)
+    assert all(len(d["boxes"]) == 100 for d in ref)
+    _assert_same_detections(model.postprocess(out), ref)
+
+
 # -- heads -----------------------------------------------------------------------------------------------
 def test_head_and_extras_shapes():
     extras = SSDLiteExtras(64, depths=(32, 16, 16, 8))
@@ -299,6 +368,17 @@ def test_head_and_extras_shapes():
 
 
 # -- SSDLite ---------------------------------------------------------------------------------------------
+def _torchvision_anchors(image_size: tuple[int, int], feature_sizes) -> torch.Tensor:
+    """torchvision's DefaultBoxGenerator with SSDLite's default boxes ([[2, 3]] * 6, scales 0.2 to 0.95) on
+    maps of ``feature_sizes``; agrees with ours to float32 rounding (it computes in float32 throughout)."""
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator as TorchvisionBoxGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    h, w = image_size
+    maps = [torch.zeros(1, 1, fh, fw) for fh, fw in feature_sizes]
+    return TorchvisionBoxGenerator([[2, 3]] * 6, 0.2, 0.95)(ImageList(torch.zeros(1, 3, h, w), [(h, w)]), maps)[0]
+
+
 def _small_kwargs(name: str) -> dict:
     return {} if name.startswith("mobileone") else {"width": 0.25}
 
@@ -329,7 +409,9 @@ def test_ssdlite_builds_for_every_backbone(name):
     assert a == sum(h * w * 6 for h, w in out["feature_sizes"])
     assert out["cls_logits"].shape == (1, a, 4) and out["bbox_regression"].shape == (1, a, 4)
     assert torch.isfinite(out["cls_logits"]).all() and torch.isfinite(out["bbox_regression"]).all()
-    assert torch.equal(model.anchors_for(128), out["anchors"])
+    ref = _torchvision_anchors((128, 128), out["feature_sizes"])
+    torch.testing.assert_close(out["anchors"], ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(model.anchors_for(128), ref, rtol=0, atol=1e-4)
 
 
 def test_ssdlite_train_eval_outputs_and_options():
@@ -346,7 +428,10 @@ def test_ssdlite_train_eval_outputs_and_options():
         assert train_out[key].shape == eval_out[key].shape
     assert train_out["cls_logits"].shape == (2, eval_out["anchors"].shape[0], 5)
     assert eval_out["image_size"] == (96, 112) and eval_out["feature_sizes"] == model.feature_sizes_for((96, 112))
-    torch.testing.assert_close(model.anchors_for(x), eval_out["anchors"])
+    ref = _torchvision_anchors((96, 112), eval_out["feature_sizes"])  # non-square: boxes stretched along x
+    torch.testing.assert_close(eval_out["anchors"], ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(model.anchors_for(x), ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(model.anchors_for((96, 112)), ref, rtol=0, atol=1e-4)
     dets = model.predict(x)
     assert len(dets) == 2 and all(d["boxes"].shape[1] == 4 and d["boxes"].shape[0] <= 100 for d in dets)
     assert "SSDLite" in mobilevision.models.__all__
@@ -417,3 +502,40 @@ def test_ssdlite_overfits_one_image():
             found = det["boxes"][det["labels"] == label]
             assert found.shape[0] > 0
             assert box_iou(target["boxes"][label:label + 1], found[:1]).item() > 0.5
+
+
+# -- back to original pixels -----------------------------------------------------------------------------
+def test_detections_in_original_pixels_for_non_square_images(tmp_path):
+    """A 300x200 (w x h) and a 200x300 image, resized to 128x128 for the network: the data pipeline's boxes
+    and the task's detections mapped back to original pixels both match boxes computed by hand."""
+    from PIL import Image
+
+    from mobilevision.data.coco import CocoDetection
+    from mobilevision.data.transforms import eval_transforms
+    from mobilevision.tasks import DetectionTask
+
+    originals = {1: (300, 200, [30.0, 50, 150, 100]), 2: (200, 300, [50.0, 30, 100, 150])}  # w, h, xyxy
+    at_128 = {1: [30 * 128 / 300, 50 * 128 / 200, 150 * 128 / 300, 100 * 128 / 200],   # [12.8, 32, 64, 64]
+              2: [50 * 128 / 200, 30 * 128 / 300, 100 * 128 / 200, 150 * 128 / 300]}  # [32, 12.8, 64, 64]
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+    for i, (w, h, (x1, y1, x2, y2)) in originals.items():
+        Image.new("RGB", (w, h)).save(tmp_path / f"{i}.png")
+        coco["images"].append({"id": i, "file_name": f"{i}.png", "width": w, "height": h})
+        coco["annotations"].append({"id": i, "image_id": i, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                    "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    dataset = CocoDetection(tmp_path, coco, eval_transforms(128))
+    targets = [dataset[0][1], dataset[1][1]]
+    assert [t["orig_size"] for t in targets] == [(200, 300), (300, 200)]  # (h, w)
+    for t, i in zip(targets, (1, 2)):
+        torch.testing.assert_close(t["boxes"], torch.tensor([at_128[i]]))
+
+    # Detections at 128 px: one anchor per image's box, zero regression, confident in class 0 on its image.
+    task = DetectionTask(backbone="mobilenet_v2", width=0.25, num_classes=1, image_size=128)
+    logits = torch.tensor([[[-9.0, 9.0], [9.0, -9.0]], [[9.0, -9.0], [-9.0, 9.0]]])
+    outputs = {"cls_logits": logits, "bbox_regression": torch.zeros(2, 2, 4),
+               "anchors": torch.tensor([at_128[1], at_128[2]]), "image_size": (128, 128)}
+    detections = task._detections(outputs, targets)
+    assert [d["image_id"] for d in detections] == [1, 2]
+    for det, i in zip(detections, (1, 2)):
+        assert det["labels"].tolist() == [0]
+        torch.testing.assert_close(det["boxes"], torch.tensor([originals[i][2]]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from mobilevision.cli import CONFIG_DIR, expand_shortcuts, main
 from mobilevision.data import CocoDetectionDataModule, ensure_shapes_dataset
 from mobilevision.eval_cli import main as eval_main
+from mobilevision.models import create_classifier
 from mobilevision.tasks import DetectionTask, load_task
 
 SSDLITE_CONFIGS = sorted((CONFIG_DIR / "ssdlite").glob("*.yaml"))
@@ -123,8 +125,6 @@ def test_eval_cli_on_checkpoint_writes_stats_and_picture(trained, tmp_path):
     out, png = tmp_path / "metrics.json", tmp_path / "pred.png"
     assert eval_main(["coco", "--checkpoint", str(ckpt), "--json-out", str(out), "--draw", str(png),
                       "--results-out", str(tmp_path / "dt.json"), "--draw-count", "3"]) == 0
-    import json
-
     stats = json.loads(out.read_text())
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
             "per_category"} <= set(stats)
@@ -170,7 +170,95 @@ def test_predict_maps_labels_back_to_category_ids(trained):
     batches = trainer.predict(task, datamodule=dm)
     detections = [d for batch in batches for d in batch]
     assert len(detections) == 5
-    lut = torch.tensor(dm.label_to_category_id)
+    # the shapes dataset's non-contiguous COCO category ids, in label order (sorted by id)
+    category_id = {0: 1, 1: 3, 2: 7, 3: 11, 4: 20}
+    seen = set()
     for det in detections:
-        assert torch.equal(det["category_ids"], lut[det["labels"]])
+        assert det["category_ids"].tolist() == [category_id[label] for label in det["labels"].tolist()]
         assert (det["boxes"] >= 0).all() and (det["boxes"][:, 2:] <= 96 + 1e-4).all()
+        seen |= set(det["labels"].tolist())
+    assert len(seen) >= 3, "vacuous: the tiny model predicts too few classes to check the mapping"
+
+
+def _relabelled(paths: dict, root: Path, old_id: int = 20, new_id: int = 21) -> dict:
+    """The same images, with category ``old_id`` renumbered ``new_id`` in both annotation files."""
+    out = dict(paths)
+    for split in ("train", "val"):
+        coco = json.loads(Path(paths[f"{split}_annotations"]).read_text())
+        for category in coco["categories"]:
+            category["id"] = new_id if category["id"] == old_id else category["id"]
+        for ann in coco["annotations"]:
+            ann["category_id"] = new_id if ann["category_id"] == old_id else ann["category_id"]
+        out[f"{split}_annotations"] = str(root / f"{split}.json")
+        Path(out[f"{split}_annotations"]).write_text(json.dumps(coco))
+    return out
+
+
+def test_resuming_on_other_categories_is_refused(trained, tiny_shapes, tmp_path):
+    _, _, ckpt = trained  # category ids [1, 3, 7, 11, 20]
+    paths = _relabelled(tiny_shapes, tmp_path)
+    dm = CocoDetectionDataModule(paths["train_images"], paths["train_annotations"], paths["val_images"],
+                                 paths["val_annotations"], image_size=96, batch_size=4, num_workers=0)
+    assert dm.label_to_category_id == [1, 3, 7, 11, 21]
+    task = DetectionTask(backbone="mobilenet_v2", width=0.35, num_classes=dm.num_classes, image_size=96,
+                         label_to_category_id=dm.label_to_category_id, category_names=dm.category_names)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=100, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match=r"trained with label_to_category_id=\[1, 3, 7, 11, 20\] but the data module "
+                                         r"has label_to_category_id=\[1, 3, 7, 11, 21\]"):
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+
+
+def test_backbone_weights_load_only_when_a_fit_starts_from_scratch(tiny_shapes, tmp_path):
+    """A fresh fit starts from the ImageNet file; resuming, load_from_checkpoint and validating a checkpoint do
+    not need it."""
+    weights = tmp_path / "imagenet.pth"
+    torch.save(create_classifier("mobilenet_v2", 1000, width=0.35).state_dict(), weights)
+    expected = torch.load(weights, weights_only=True)
+    dm = CocoDetectionDataModule(tiny_shapes["train_images"], tiny_shapes["train_annotations"],
+                                 tiny_shapes["val_images"], tiny_shapes["val_annotations"], image_size=96,
+                                 batch_size=4, num_workers=0)
+    kwargs = dict(backbone="mobilenet_v2", width=0.35, num_classes=dm.num_classes, image_size=96,
+                  backbone_weights=str(weights), label_to_category_id=dm.label_to_category_id)
+    seen = {}
+
+    class Probe(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.update({k: v.detach().clone() for k, v in pl_module.model.backbone.state_dict().items()})
+
+    quiet = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                 enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = pl.Trainer(max_steps=1, callbacks=[Probe()], **quiet)
+    trainer.fit(DetectionTask(**kwargs), datamodule=dm)
+    assert seen and all(torch.equal(v, expected[f"backbone.{k}"]) for k, v in seen.items())
+    ckpt = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(ckpt)
+    weights.unlink()
+
+    resumed = pl.Trainer(max_steps=2, **quiet)
+    resumed.fit(DetectionTask(**kwargs), datamodule=dm, ckpt_path=ckpt, weights_only=True)
+    assert resumed.global_step == 2
+    loaded = DetectionTask.load_from_checkpoint(ckpt, weights_only=True)
+    assert loaded.hparams.backbone_weights == str(weights)
+    quiet["limit_val_batches"] = 1
+    pl.Trainer(**quiet).validate(DetectionTask(**kwargs), datamodule=dm, ckpt_path=ckpt, weights_only=True,
+                                 verbose=False)
+
+
+def test_non_finite_loss_names_the_step_and_the_terms(tiny_shapes, tmp_path):
+    dm = CocoDetectionDataModule(tiny_shapes["train_images"], tiny_shapes["train_annotations"],
+                                 tiny_shapes["val_images"], tiny_shapes["val_annotations"], image_size=96,
+                                 batch_size=4, num_workers=0)
+    task = DetectionTask(backbone="mobilenet_v2", width=0.35, num_classes=dm.num_classes, image_size=96)
+
+    class CorruptSecondBatch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 1:
+                batch[0].fill_(float("nan"))
+
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                         callbacks=[CorruptSecondBatch()])
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at global step 1 \(epoch 0\): "
+                                                 r"loss=nan, loss_cls=nan, loss_box=nan"):
+        trainer.fit(task, datamodule=dm)

@@ -254,3 +254,20 @@ def test_checkpoint_carries_the_partition_and_eval_cli(tmp_path_factory, tmp_pat
                          enable_checkpointing=False, enable_model_summary=False)
     with pytest.raises(ValueError, match=r"the checkpoint.s \d+ cells differ from the \d+ cells the data module built"):
         trainer.fit(task, datamodule=other, ckpt_path=str(ckpt_dir / "last.ckpt"), weights_only=True)
+
+
+def test_ddp_validation_equals_single_process_on_an_odd_val_set(city_photos, tmp_path):
+    """2 CPU processes (gloo), 29 val photos: every photo counted once (a padding DistributedSampler would count
+    photo 0 twice), and the distance lists of unequal length gathered from both processes."""
+    train, val = city_photos
+    rows = list(csv.reader(open(val)))[1:30]
+    odd = write_photos(val.parent, [(r[0], float(r[1]), float(r[2])) for r in rows], "odd.csv")
+    dm = GeolocalizationDataModule(dataset="files", train_file=str(train), val_file=str(odd), max_per_cell=30,
+                                   min_per_cell=4, image_size=16, batch_size=4, num_workers=0)
+    task = GeolocalizationTask(backbone="mobilenet_v1", width=0.25, partition=dm.partition, predict="topk")
+    quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    ref = pl.Trainer(devices=1, **quiet).validate(task, datamodule=dm, verbose=False)[0]
+    got = pl.Trainer(devices=2, strategy="ddp_spawn", **quiet).validate(task, datamodule=dm, verbose=False)[0]
+    assert set(got) == set(ref) and "val/median_km" in ref
+    for key in ref:
+        assert got[key] == pytest.approx(ref[key], rel=1e-6), key

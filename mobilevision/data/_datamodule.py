@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class SplitDataModule(pl.LightningDataModule):
@@ -18,10 +19,22 @@ class SplitDataModule(pl.LightningDataModule):
     val_dataset: Dataset | None = None
     predict_dataset: Dataset | None = None
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False,
+                sampler: Sampler | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=self.collate_fn, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
+
+    def _eval_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Under DDP, a sampler giving each process every ``world_size``-th sample: each sample is evaluated exactly
+        once. (Lightning keeps a DistributedSampler it is given; the one it would add pads the last round with
+        repeated samples, which the metrics would count twice.) Processes may then run one batch more than
+        others, so the tasks' evaluation steps sync nothing per batch: metrics and loss sync at epoch end."""
+        trainer = self.trainer
+        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
+        if not kwargs or kwargs.get("num_replicas", 1) <= 1:
+            return None  # one process
+        return UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
@@ -33,7 +46,7 @@ class SplitDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:
             self.setup("validate")
-        return self._loader(self.val_dataset, shuffle=False)
+        return self._loader(self.val_dataset, shuffle=False, sampler=self._eval_sampler(self.val_dataset))
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -10,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .coco import CocoDetection
+from ..coco_format import read_coco
+from .coco import CocoDetection, training_categories
 from ._datamodule import SplitDataModule
 from .image_io import IMAGE_EXTENSIONS, load_rgb_image
 from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_paths
@@ -59,14 +59,6 @@ class ImageFolderDataset(Dataset):
         return image, target
 
 
-def _read_categories(annotation_file: str) -> list[dict[str, Any]]:
-    with open(annotation_file) as f:
-        cats = json.load(f).get("categories", [])
-    if not cats:
-        raise ValueError(f"{annotation_file}: no categories defined")
-    return sorted(cats, key=lambda c: int(c["id"]))
-
-
 class CocoDetectionDataModule(SplitDataModule):
     """COCO-format detection data.
 
@@ -80,6 +72,14 @@ class CocoDetectionDataModule(SplitDataModule):
     with ``mobilevision.evaluation.scale_boxes(boxes, (S, S), orig_size)`` and to COCO category
     ids with ``label_to_category_id``; ``val_coco`` is the pycocotools ground truth.
 
+    The classes are the TRAINING file's categories (sorted by id), known before ``setup`` (the CLI links
+    ``num_classes``, ``label_to_category_id`` and ``category_names`` to the model when it builds them):
+    Roboflow's placeholder category is left out, categories without training annotations are named in
+    a warning.  The validation file's categories are matched to them by name (its ids may differ; its
+    annotations are re-expressed in the training ids, so ``val_coco`` and ``label_to_category_id`` go
+    together); a validation category with annotations that is not a training category is an error.
+    :meth:`use_categories` sets a model's classes instead (evaluating a checkpoint).
+
     Args:
         train_images / train_annotations / val_images / val_annotations: COCO image folders and jsons.
         image_size: network input side S.
@@ -87,7 +87,10 @@ class CocoDetectionDataModule(SplitDataModule):
         num_workers: DataLoader workers.
         cache_images: decode the training and validation images once and keep them in memory
             (worth it for small datasets such as shapes: ~110 kB per 192 px image; far too much for COCO).
-        augment: training augmentation policy, one of ``"ssd"``, ``"ssdlite"``, ``"flip"``, ``"none"``.
+        augment: training augmentation policy, one of ``"ssd"``, ``"ssdlite"``, ``"flip"``, ``"flips"``, ``"none"``.
+        drop_empty_categories: leave categories without training annotations out of the classes; the
+            validation annotations of categories that are not classes are then left out (with a
+            warning) instead of being an error.
         zoom_out_max: maximum zoom-out factor of the ``"ssd"`` policy.
         predict_images: folder of images for ``predict``; default: the validation set.
         pin_memory: DataLoader ``pin_memory``.
@@ -106,6 +109,7 @@ class CocoDetectionDataModule(SplitDataModule):
         num_workers: int = 2,
         cache_images: bool = False,
         augment: str = "ssd",
+        drop_empty_categories: bool = False,
         zoom_out_max: float = 2.0,
         predict_images: str | None = None,
         pin_memory: bool = False,
@@ -140,6 +144,7 @@ class CocoDetectionDataModule(SplitDataModule):
         self.num_workers = int(num_workers)
         self.cache_images = bool(cache_images)
         self.augment = augment
+        self.drop_empty_categories = bool(drop_empty_categories)
         self.zoom_out_max = float(zoom_out_max)
         self.predict_images = predict_images
         self.pin_memory = bool(pin_memory)
@@ -154,22 +159,29 @@ class CocoDetectionDataModule(SplitDataModule):
         self.val_dataset: CocoDetection | None = None
         self.predict_dataset: Dataset | None = None
         self._categories: list[dict[str, Any]] | None = None
+        self._train_coco: dict | None = None  # the training file, read for the classes, reused by setup("fit")
 
     # ----------------------------------------------------------------------------- metadata
 
     def _category_list(self) -> list[dict[str, Any]]:
         if self._categories is None:
-            if self.train_dataset is not None:
-                ds = self.train_dataset
-                self._categories = [
-                    {"id": c, "name": n} for c, n in zip(ds.label_to_category_id, ds.category_names)
-                ]
-            elif self.use_shapes:
-                self._categories = sorted((dict(c) for c in SHAPES_CATEGORIES), key=lambda c: c["id"])
+            if self.use_shapes:
+                self._categories = sorted(({"id": c["id"], "name": c["name"]} for c in SHAPES_CATEGORIES),
+                                          key=lambda c: c["id"])
             else:
-                # Before setup (e.g. to build the model): read the categories of the (smaller) val json.
-                self._categories = _read_categories(self.val_annotations)
+                self._train_coco = read_coco(self.train_annotations)
+                self._categories = training_categories(self._train_coco, self.drop_empty_categories,
+                                                       self.train_annotations)
         return self._categories
+
+    def use_categories(self, label_to_category_id: list[int], category_names: list[str] | None = None) -> None:
+        """Use a model's classes (a checkpoint's ``label_to_category_id`` and ``category_names``) instead of
+        the training file's; the validation categories are matched to them by name (by id without names)."""
+        names = list(category_names) if category_names else [None] * len(label_to_category_id)
+        if len(names) != len(label_to_category_id):
+            raise ValueError(f"{len(label_to_category_id)} category ids but {len(names)} category names")
+        self._categories = [{"id": int(i), "name": n} for i, n in zip(label_to_category_id, names)]
+        self.train_dataset = self.val_dataset = self.predict_dataset = None
 
     @property
     def num_classes(self) -> int:
@@ -186,7 +198,8 @@ class CocoDetectionDataModule(SplitDataModule):
 
     @property
     def val_coco(self):  # -> pycocotools.coco.COCO
-        """pycocotools ``COCO`` of the validation set (ground truth for COCO evaluation)."""
+        """pycocotools ``COCO`` of the validation set, in the classes' category ids (``label_to_category_id``):
+        the ground truth for COCO evaluation."""
         if self.val_dataset is None:
             self.setup("validate")
         return self.val_dataset.coco
@@ -201,30 +214,29 @@ class CocoDetectionDataModule(SplitDataModule):
         if self.use_shapes:
             # Idempotent and cheap when present; covers setup() without prepare_data().
             ensure_shapes_dataset(self.shapes_root, **self.shapes_kwargs)
+        categories = self._category_list()
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = CocoDetection(
                 self.train_images,
-                self.train_annotations,
+                self._train_coco if self._train_coco is not None else self.train_annotations,
                 train_transforms(self.image_size, self.augment, zoom_out_max=self.zoom_out_max),
+                categories=categories,
+                skip_other_categories=self.drop_empty_categories,
                 cache_images=self.cache_images,
+                name=self.train_annotations,
             )
-            self._categories = None
+        self._train_coco = None
         if stage in (None, "fit", "validate", "test", "predict") and self.val_dataset is None:
-            # Same label mapping as training (a val json may list fewer categories).
-            category_ids = self.train_dataset.label_to_category_id if self.train_dataset is not None else None
             self.val_dataset = CocoDetection(
                 self.val_images,
                 self.val_annotations,
                 eval_transforms(self.image_size),
-                category_ids=category_ids,
+                categories=categories,
+                skip_other_categories=self.drop_empty_categories,
                 cache_images=self.cache_images,
+                name=self.val_annotations,
             )
-        if self.train_dataset is not None and self.val_dataset is not None:
-            t, v = self.train_dataset, self.val_dataset
-            if t.label_to_category_id != v.label_to_category_id:
-                raise ValueError(
-                    f"train and val category ids differ: {t.label_to_category_id} vs {v.label_to_category_id}"
-                )
+            self._categories = self.val_dataset.categories  # (names filled in where use_categories had none)
         if stage == "predict" and self.predict_dataset is None:
             if self.predict_images is not None:
                 self.predict_dataset = ImageFolderDataset(self.predict_images, eval_transforms(self.image_size))

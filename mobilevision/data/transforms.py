@@ -9,6 +9,8 @@ Policies (``augment``):
 
 * ``"none"``: resize to ``image_size`` x ``image_size`` + normalize (also the eval pipeline);
 * ``"flip"``: horizontal flip, resize, normalize;
+* ``"flips"``: horizontal and vertical flips, resize, normalize (for content without an up, such as the
+  embedded shapes, aerial or microscope images);
 * ``"ssdlite"``: SSD random IoU crop + flip (torchvision's SSDLite recipe);
 * ``"ssd"``: photometric distortion + zoom-out + SSD random IoU crop + flip (torchvision's SSD
   recipe; zoom-out defaults to at most 2x instead of 4x because at 192-320 px most objects are
@@ -52,7 +54,7 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENT_POLICIES = ("none", "flip", "ssdlite", "ssd")
+AUGMENT_POLICIES = ("none", "flip", "flips", "ssdlite", "ssd")
 
 
 def _to_abs(bboxes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -67,7 +69,8 @@ class SSDRandomIoUCrop(BaseCrop):
     ``trials`` crops with side scales in ``[min_scale, max_scale]`` and aspect ratio in
     ``[min_aspect_ratio, max_aspect_ratio]``; a crop is accepted when at least one box centre lies
     inside it and the best IoU of those boxes with the crop is >= the minimum.  Boxes whose centre
-    falls outside the accepted crop are removed; the others are clipped to it.  After
+    falls outside the accepted crop are removed; the others are kept, however little of them is
+    visible, clipped to it (SSD, torchvision).  After
     ``max_attempts`` unsuccessful IoU draws the image is left uncropped (torchvision loops
     forever).  Images without boxes get an unconstrained random crop.
     """
@@ -138,7 +141,13 @@ class SSDRandomIoUCrop(BaseCrop):
             b = _to_abs(bboxes, shape)
             cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
             left, top, right, bottom = crop_coords
-            bboxes = bboxes[(left < cx) & (cx < right) & (top < cy) & (cy < bottom)]
+            keep = (left < cx) & (cx < right) & (top < cy) & (cy < bottom)
+            # clipped here, so that the pipeline's min_visibility never drops a box the crop keeps (as in SSD)
+            h, w = shape
+            lo = np.array([left / w, top / h, left / w, top / h])
+            hi = np.array([right / w, bottom / h, right / w, bottom / h])
+            bboxes = bboxes[keep].copy()
+            bboxes[:, :4] = np.clip(bboxes[:, :4], lo, hi)
         return fcrops.crop_bboxes_by_coords(bboxes, crop_coords, shape)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
@@ -240,10 +249,14 @@ class SeededTransform:
 class DetectionTransform(SeededTransform):
     """Picklable wrapper of an ``A.Compose`` with pascal_voc (xyxy pixel) boxes.
 
-    Seeded from torch's global generator on every call (see :class:`SeededTransform`).
+    Seeded from torch's global generator on every call (see :class:`SeededTransform`). After each
+    transform, albumentations clips the boxes to the image and drops those narrower or shorter than
+    ``min_size`` pixels or with less than ``min_visibility`` of their area left. No transform of this
+    module leaves a box partly outside the image (the IoU crop clips the boxes it keeps itself), so
+    ``min_visibility`` only matters for other transforms.
     """
 
-    def __init__(self, transforms: Sequence[A.BasicTransform], *, min_visibility: float = 0.2, min_size: float = 1.0):
+    def __init__(self, transforms: Sequence[A.BasicTransform], *, min_visibility: float = 0.0, min_size: float = 1.0):
         super().__init__(
             A.Compose(
                 list(transforms),
@@ -283,7 +296,6 @@ def train_transforms(
     zoom_out_max: float = 2.0,
     zoom_out_p: float = 0.5,
     photometric: bool = True,
-    min_visibility: float = 0.2,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     to_tensor: bool = True,
@@ -310,8 +322,10 @@ def train_transforms(
         ops.append(SSDRandomIoUCrop())
     if augment != "none":
         ops.append(A.HorizontalFlip(p=0.5))
+    if augment == "flips":
+        ops.append(A.VerticalFlip(p=0.5))
     ops += _finish(image_size, mean, std, to_tensor)
-    return DetectionTransform(ops, min_visibility=min_visibility)
+    return DetectionTransform(ops)
 
 
 def eval_transforms(

@@ -8,11 +8,20 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
+from ..backbones.pretrained import load_pretrained
 from ..layers.mobileone import reparameterize_model
 from ..models import create_classifier
 from ._ema import EMA
 from ._optim import build_optimizer, param_groups, schedule
+from .checkpoint import check_finite_weights
+
+
+def eval_losses() -> nn.ModuleDict:
+    """Sample-weighted mean loss per evaluation stage. (Lightning's ``self.log(..., sync_dist=True)`` averages the
+    per-process sample counts as integers, which is wrong when processes evaluate different numbers of samples.)"""
+    return nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
 
 def is_reparameterizable(model: nn.Module) -> bool:
@@ -25,20 +34,42 @@ class BackboneTask(pl.LightningModule):
     :class:`~mobilevision.models.ImageClassifier`; subclasses call :meth:`build_model` after
     ``save_hyperparameters()``, whose hyper-parameters must include ``freeze_backbone``, ``channels_last``,
     ``eval_folded``, ``ema_decay``, ``backbone_lr_scale``, ``weight_decay``, ``optimizer``, ``lr``, ``momentum``,
-    ``warmup`` and ``min_lr_ratio``."""
+    ``warmup`` and ``min_lr_ratio``.
+
+    ``backbone_weights`` load when a fit starts from scratch (:meth:`on_fit_start`), not at construction: resuming
+    (``ckpt_path``), ``load_from_checkpoint`` and evaluation restore every weight from the checkpoint and work
+    without the weights file. :meth:`load_backbone_weights` loads them at once."""
 
     def build_model(self, backbone: str, num_outputs: int, width: float | None, backbone_kwargs: dict[str, Any] | None,
                     backbone_weights: str | None, dropout: float | None) -> None:
         kwargs = dict(backbone_kwargs or {})
         if width is not None:
             kwargs["width"] = width
-        self.model = create_classifier(backbone, num_outputs, weights=backbone_weights, dropout=dropout, **kwargs)
+        self.model = create_classifier(backbone, num_outputs, dropout=dropout, **kwargs)
+        self._weights_pending = bool(backbone_weights)  # loaded when a fit starts from scratch
         if self.hparams.freeze_backbone:  # no gradients, and BatchNorm statistics frozen too (see train())
             self.model.backbone.requires_grad_(False)
             self.model.backbone.eval()
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self._folded: list[nn.Module] = []  # a plain list: the cached folded copy is no submodule
+        self.eval_losses = eval_losses()
+
+    def load_backbone_weights(self) -> None:
+        """Load ``backbone_weights`` (ImageNet) into the network now; the classifier layer too when its number of
+        outputs fits (see :func:`~mobilevision.backbones.load_pretrained`)."""
+        load_pretrained(self.model, self.hparams.backbone, self.hparams.backbone_weights)
+        self._weights_pending = False
+
+    def on_fit_start(self) -> None:
+        if self._weights_pending:  # a fit from scratch: a resumed one went through on_load_checkpoint
+            self.load_backbone_weights()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._weights_pending = False  # the checkpoint holds every weight
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_finite_weights(checkpoint)
 
     # -- modes ------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> BackboneTask:
@@ -81,17 +112,22 @@ class BackboneTask(pl.LightningModule):
         return self.model(self._prepare(images))
 
     # -- evaluation loops ----------------------------------------------------------------------------------
-    # Subclasses define ``_eval_step(batch, metrics, stage)``, ``summarize(computed) -> dict`` and
-    # ``log_eval(stats, stage)``; ``val_metrics`` / ``test_metrics`` are torchmetrics objects.
+    # Subclasses define ``_eval_step(batch, metrics, stage)`` (which adds the batch's loss to
+    # ``eval_losses[stage]``), ``summarize(computed) -> dict`` and ``log_eval(stats, stage)``; ``val_metrics`` /
+    # ``test_metrics`` are torchmetrics objects. Nothing is synced per batch (under DDP ranks may run one batch
+    # more than others, see SplitDataModule): the metrics and the loss sync when computed at epoch end.
     def _end_eval(self, metrics, stage: str) -> None:
         self._drop_folded()
         stats = self.summarize(metrics.compute())  # synced across processes
+        loss = self.eval_losses[stage].compute()
         # Fresh states as normal tensors: reset() inside validate()'s inference mode would make them inference
         # tensors, which the next validation inside fit() (run under no_grad) cannot update in place.
         with torch.inference_mode(False):
             metrics.reset()
+            self.eval_losses[stage].reset()
         self.last_metrics = stats
-        self.log_eval(stats, stage)  # every process holds the same synced values, so no sync_dist
+        self.log(f"{stage}/loss", loss)  # every process holds the same synced values, so no sync_dist
+        self.log_eval(stats, stage)
 
     def on_validation_epoch_start(self) -> None:
         self._fold_for_eval()

@@ -1,9 +1,9 @@
 """Optimizers and the warm-up + cosine schedule shared by every task.
 
-The schedule's progress is the larger of two fractions: optimizer steps over the Trainer's total, and
-wall-clock time over ``Trainer(max_time=...)`` (Lightning's ``Timer`` callback). With a time budget
-the cosine reaches its end when the time runs out, so a slower machine trains fewer steps but still
-finishes its schedule on time.
+The schedule's progress is optimizer steps over the Trainer's total (``max_steps``, or ``max_epochs`` times
+the batches of an epoch), never the wall clock: the same seeded recipe trains the same steps, and gives the
+same result, on a fast and on a slow machine, and every DDP rank computes the same factor.
+``Trainer(max_time=...)`` is only a safety stop.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Iterable, Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Timer
 from torch import nn
 
 OptimizerName = Literal["sgd", "rmsprop", "adamw"]
@@ -45,19 +44,14 @@ def build_optimizer(groups: list[dict], name: OptimizerName, lr: float, momentum
 
 
 def training_progress(trainer: pl.Trainer | None, step: int) -> float:
-    """Fraction of training done, in [0, 1]: by steps, or by time under ``max_time``, whichever is further."""
+    """Fraction of training done, in [0, 1]: optimizer steps over the Trainer's total."""
     if trainer is None:
         return 0.0
-    fractions = [0.0]
     total = trainer.estimated_stepping_batches
-    if total and math.isfinite(total):
-        fractions.append(step / total)
-    for cb in trainer.callbacks:
-        if isinstance(cb, Timer):
-            elapsed, remaining = cb.time_elapsed("train"), cb.time_remaining("train")
-            if remaining is not None and elapsed + remaining > 0:
-                fractions.append(elapsed / (elapsed + remaining))
-    return min(1.0, max(fractions))
+    if not total or not math.isfinite(total):
+        raise ValueError("the learning-rate schedule follows optimizer steps: set trainer.max_steps or "
+                         "trainer.max_epochs (trainer.max_time is only a safety stop)")
+    return min(1.0, step / total)
 
 
 def warmup_cosine(progress: float, warmup: float = 0.02, min_lr_ratio: float = 0.0) -> float:

@@ -1,13 +1,18 @@
-"""Load a training checkpoint of a task safely (``weights_only=True``), with clear errors."""
+"""Checkpoints of the tasks: safe loading (``weights_only=True``) with clear errors, and the guards that keep bad
+states out of them: training stops at a non-finite loss, weights that are not finite are never written, files are
+replaced atomically, ``last.ckpt`` is kept current, and resuming on data with other labels is refused."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
+from weakref import proxy
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -53,3 +58,114 @@ def load_task(path: str | os.PathLike, task_cls: type[pl.LightningModule]) -> tu
         raise ValueError(f"{path} does not match {task_cls.__name__}({hparams.get('backbone', '')}): "
                          f"missing keys {result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}")
     return task.eval(), ckpt
+
+
+# -- guards -------------------------------------------------------------------------------------------------
+def check_finite_loss(task: pl.LightningModule, losses: Mapping[str, torch.Tensor]) -> None:
+    """Stop training with an error naming the step and the loss terms when any term is NaN or infinite.
+
+    Called in ``training_step`` before the backward pass, so the weights never see the bad step and no checkpoint
+    is written after it. Under DDP the decision is shared, so every process stops at the same step.
+    """
+    finite = torch.stack([v.detach().float().isfinite().all() for v in losses.values()]).tolist()
+    bad = [name for name, ok in zip(losses, finite) if not ok]
+    trainer = task._trainer
+    if trainer is None or not trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+        return
+    terms = ", ".join(f"{name}={float(losses[name].detach()):g}" for name in bad) or "finite here, not elsewhere"
+    raise FloatingPointError(
+        f"non-finite loss at global step {trainer.global_step} (epoch {trainer.current_epoch}): {terms}; "
+        "training stopped before updating the weights (checkpoints hold the last finite weights)")
+
+
+def check_finite_weights(checkpoint: Mapping[str, Any]) -> None:
+    """Refuse to save a checkpoint whose weights (or, with EMA, raw training weights) hold NaN or inf."""
+    for key in ("state_dict", "current_model_state"):
+        state = checkpoint.get(key) or {}
+        bad = [name for name, t in state.items()
+               if torch.is_tensor(t) and t.is_floating_point() and not bool(t.isfinite().all())]
+        if bad:
+            raise FloatingPointError(f"not saving the checkpoint of global step {checkpoint.get('global_step')}: "
+                                     f"non-finite weights in {len(bad)} tensor(s) of {key!r}, e.g. {bad[:3]}")
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def check_same_labels(task: pl.LightningModule, checkpoint: Mapping[str, Any], names: Sequence[str]) -> None:
+    """Refuse to restore ``checkpoint`` when its label set (hyper-parameters ``names``, e.g. ``class_names``)
+    differs from the attached data module's or from the task's own: the network's outputs would be read as
+    other classes. Values missing on either side are not compared."""
+    saved = checkpoint.get("hyper_parameters") or {}
+    trainer = task._trainer
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    for name in names:
+        old = _plain(saved.get(name))
+        for where, new in (("the data module", getattr(datamodule, name, None)), ("the model", task.hparams.get(name))):
+            new = _plain(new)
+            if old is not None and new is not None and old != new:
+                raise ValueError(f"the checkpoint was trained with {name}={_short(old)} but {where} has "
+                                 f"{name}={_short(new)}: refusing to restore it on data with other labels")
+
+
+def _short(value: Any, n: int = 8) -> str:
+    if isinstance(value, list) and len(value) > n:
+        return f"[{', '.join(map(repr, value[:n]))}, ... ({len(value)} in all)]"
+    return repr(value)
+
+
+class TrainingCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` (best-k by the monitored metric, ``last.ckpt``) with three changes:
+
+    * every file is written under a temporary name in its directory and renamed into place (``os.replace``), so a
+      process killed during a save leaves the previous file whole;
+    * ``last.ckpt`` is rewritten at every epoch end (``save_on_train_epoch_end``) or validation end, also when the
+      monitored metric did not improve (Lightning then leaves it at the last improvement);
+    * ``save_last_every_n_steps``: also refresh ``last.ckpt`` every that many optimizer steps, so a killed run
+      resumes (``--ckpt_path last.ckpt``) at most that many steps back. Best-k files still follow the metric.
+    """
+
+    def __init__(self, *args: Any, save_last_every_n_steps: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if save_last_every_n_steps < 0:
+            raise ValueError(f"save_last_every_n_steps must be >= 0, got {save_last_every_n_steps}")
+        self.save_last_every_n_steps = save_last_every_n_steps
+        self._periodic_step = -1
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        atomic = _is_local_file_protocol(filepath)
+        target = f"{filepath}.tmp" if atomic else filepath
+        trainer.save_checkpoint(target, self.save_weights_only)  # every process dumps; rank 0 writes
+        if atomic and trainer.is_global_zero:
+            os.replace(target, filepath)
+        trainer.strategy.barrier("TrainingCheckpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def _write_last(self, trainer: pl.Trainer) -> None:
+        if (self.save_last is True and trainer.state.fn == "fit" and not trainer.sanity_checking
+                and not trainer.fast_dev_run):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        n, step = self.save_last_every_n_steps, trainer.global_step
+        if n and step > 0 and step % n == 0 and step != self._periodic_step:
+            self._periodic_step = step
+            saved = self._last_global_step_saved
+            self._write_last(trainer)
+            self._last_global_step_saved = saved  # the epoch-end save (best-k and last) still happens at this step
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer) and self._last_global_step_saved != trainer.global_step:
+            self._write_last(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer) and self._last_global_step_saved != trainer.global_step:
+            self._write_last(trainer)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..evaluation.classification import classification_metrics, summarize_metrics
 from ._backbone import BackboneTask, is_reparameterizable
 from ._optim import OptimizerName
+from .checkpoint import check_finite_loss, check_same_labels
 
 __all__ = ["ClassificationTask", "is_reparameterizable"]
 
@@ -27,14 +28,16 @@ class ClassificationTask(BackboneTask):
             are meant for their own resolution (240 .. 600): their configs set ``data.image_size``.
         backbone_weights: ImageNet weights file (a torchvision / timm state dict of the same architecture,
             or ``"imagenet"`` to download one); the final layer is re-initialised when its number of classes
-            differs. Not reloaded by :func:`~mobilevision.tasks.load_task`: the checkpoint holds every weight.
+            differs. Loaded when a fit starts from scratch, never when resuming (``ckpt_path``), in
+            ``load_from_checkpoint`` or :func:`~mobilevision.tasks.load_task`: the checkpoint holds every weight,
+            so those work without the file (:meth:`load_backbone_weights` loads them at once).
         freeze_backbone: train only the classifier head (linear probe); the backbone keeps its weights and
             its BatchNorm statistics (it stays in eval mode).
         backbone_lr_scale: the backbone's learning rate as a fraction of ``lr`` (fine-tuning: e.g. 0.1).
         label_smoothing: cross-entropy label smoothing (0.1 in the EfficientNet / MobileOne recipes).
         optimizer, lr, momentum, weight_decay: SGD (Nesterov) / RMSProp / AdamW; no decay on norms and biases.
         warmup, min_lr_ratio: linear warm-up (fraction of training), then cosine to ``lr * min_lr_ratio``,
-            driven by steps or by ``trainer.max_time``, whichever runs out first.
+            over the optimizer steps of the fit (``trainer.max_time`` is only a safety stop).
         ema_decay: keep an exponential moving average of the weights (parameters and BatchNorm statistics)
             with this decay, e.g. 0.9998; validation, checkpoints and the weights left after ``fit`` are the
             average. Implemented with Lightning's ``WeightAveraging`` callback (returned by
@@ -84,15 +87,21 @@ class ClassificationTask(BackboneTask):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        check_finite_loss(self, {"loss": loss})
         acc = (logits.detach().argmax(dim=1) == labels).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         self.log("train/acc1", acc, on_step=False, on_epoch=True, batch_size=len(images))
         return loss
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume (or validate a checkpoint) on data whose classes differ from the checkpoint's."""
+        super().on_load_checkpoint(checkpoint)
+        check_same_labels(self, checkpoint, ("num_classes", "class_names"))
+
     def _eval_step(self, batch, metrics, stage: str) -> None:
         images, labels = batch
         logits = self.eval_model()(self._prepare(images))
-        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), batch_size=len(images), sync_dist=True)
+        self.eval_losses[stage].update(F.cross_entropy(logits, labels), len(images))
         metrics.update(logits.float(), labels)
 
     def summarize(self, computed: dict[str, torch.Tensor]) -> dict[str, Any]:

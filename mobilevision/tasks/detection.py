@@ -8,8 +8,10 @@ import pytorch_lightning as pl
 import torch
 
 from ..evaluation.coco import COCOEvaluator, scale_boxes
-from ..models import SSDLite
+from ..models import SSDLite, create_classifier
+from ._backbone import eval_losses
 from ._optim import OptimizerName, build_optimizer, param_groups, schedule
+from .checkpoint import check_finite_loss, check_finite_weights, check_same_labels
 
 # COCOeval stat key -> logged metric name (torchmetrics' MeanAveragePrecision naming)
 METRIC_NAMES = {"AP": "map", "AP50": "map_50", "AP75": "map_75", "APs": "map_small", "APm": "map_medium",
@@ -25,11 +27,14 @@ class DetectionTask(pl.LightningModule):
             linked from the data module by the CLI).
         backbone_weights: ImageNet weights for the backbone: a torchvision / timm state dict file of
             the same architecture, or ``"imagenet"`` (see :func:`mobilevision.backbones.load_pretrained`).
+            Loaded when a fit starts from scratch, never when resuming (``ckpt_path``), in
+            ``load_from_checkpoint`` or :func:`~mobilevision.tasks.load_task`: the checkpoint holds every
+            weight, so those work without the file (:meth:`load_backbone_weights` loads them at once).
         min_ratio, max_ratio: default box scales of the first and last feature map, as fractions of the
             input side (SSD: 0.2 and 0.95; lower ``min_ratio`` for datasets of small objects).
         optimizer, lr, momentum, weight_decay: SGD / RMSProp / AdamW; no decay on norms and biases.
         warmup, min_lr_ratio: linear warm-up (fraction of training), then cosine to ``lr * min_lr_ratio``,
-            driven by steps or by ``trainer.max_time``, whichever runs out first.
+            over the optimizer steps of the fit (``trainer.max_time`` is only a safety stop).
         channels_last: NHWC memory format (faster convolutions on CPU and on tensor cores).
         score_thresh, nms_thresh, detections_per_img: postprocessing.
         label_to_category_id: contiguous label -> dataset category id (linked from the data module);
@@ -65,22 +70,35 @@ class DetectionTask(pl.LightningModule):
         self.save_hyperparameters()
         self.model = SSDLite(backbone, num_classes, image_size, width, backbone_kwargs, min_ratio=min_ratio,
                              max_ratio=max_ratio, score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img)
-        if backbone_weights:
-            self._load_backbone_weights(backbone_weights)
+        self._weights_pending = bool(backbone_weights)  # loaded when a fit starts from scratch
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.evaluator: COCOEvaluator | None = None
+        self.eval_losses = eval_losses()  # nothing syncs per batch: ranks may run one batch more than others
         self.last_metrics: dict[str, Any] = {}
 
-    def _load_backbone_weights(self, weights: str) -> None:
-        from ..models import create_classifier
-
+    def load_backbone_weights(self) -> None:
+        """Load ``backbone_weights`` (ImageNet) into the backbone now."""
         hp = self.hparams
         kwargs = dict(hp.backbone_kwargs or {})
         if hp.width is not None:
             kwargs["width"] = hp.width
-        classifier = create_classifier(hp.backbone, weights=weights, **kwargs)
+        classifier = create_classifier(hp.backbone, weights=hp.backbone_weights, **kwargs)
         self.model.backbone.load_state_dict(classifier.backbone.state_dict())
+        self._weights_pending = False
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self._weights_pending:  # a fit from scratch: a resumed one went through on_load_checkpoint
+            self.load_backbone_weights()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint holds every weight; refuse to resume (or validate it) on data with other categories."""
+        self._weights_pending = False
+        check_same_labels(self, checkpoint, ("num_classes", "label_to_category_id", "category_names"))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_finite_weights(checkpoint)
 
     # -- steps ------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> dict[str, Any]:
@@ -91,6 +109,7 @@ class DetectionTask(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         losses = self.model.compute_loss(self(images), targets)
+        check_finite_loss(self, losses)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(images))
         return losses["loss"]
 
@@ -114,13 +133,16 @@ class DetectionTask(pl.LightningModule):
         images, targets = batch
         outputs = self(images)
         self.evaluator.update(self._detections(outputs, targets))
-        losses = self.model.compute_loss(outputs, targets)
-        self.log(f"{stage}/loss", losses["loss"], batch_size=len(images), sync_dist=True)
+        self.eval_losses[stage].update(self.model.compute_loss(outputs, targets)["loss"], len(images))
 
     def _end_eval(self, stage: str) -> None:
         stats = self.evaluator.compute()  # gathers predictions from every process under DDP
+        loss = self.eval_losses[stage].compute()  # synced
+        with torch.inference_mode(False):  # fresh states as normal tensors (see BackboneTask._end_eval)
+            self.eval_losses[stage].reset()
         self.last_metrics = stats
         # every process holds the same gathered stats, so no sync_dist
+        self.log(f"{stage}/loss", loss)
         self.log(f"{stage}/map", float(stats["AP"]), prog_bar=True)
         self.log_dict({f"{stage}/{METRIC_NAMES[k]}": float(stats[k]) for k in METRIC_NAMES if k != "AP"})
 

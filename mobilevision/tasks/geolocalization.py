@@ -14,6 +14,7 @@ from ..geo.cells import CellPartition
 from ..geo.distance import from_unit_vectors, to_unit_vectors
 from ._backbone import BackboneTask
 from ._optim import OptimizerName
+from .checkpoint import check_finite_loss
 
 __all__ = ["GeolocalizationTask"]
 
@@ -135,11 +136,13 @@ class GeolocalizationTask(BackboneTask):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Also store the cells readably: S2 tokens and how the partition was built (the buffers hold the rest)."""
+        super().on_save_checkpoint(checkpoint)
         partition = self.partition
         checkpoint["cell_partition"] = {"tokens": partition.tokens, "params": dict(partition.params)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume on data whose partition differs from the checkpoint's (labels would be shuffled)."""
+        super().on_load_checkpoint(checkpoint)
         self._pending_params = dict(checkpoint.get("cell_partition", {}).get("params", {}))
         trainer = self._trainer
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
@@ -193,6 +196,7 @@ class GeolocalizationTask(BackboneTask):
         images, cells, _ = batch
         logits = self(images)
         loss = self.loss(logits, cells)
+        check_finite_loss(self, {"loss": loss})
         valid = cells >= 0
         acc = (logits.detach().argmax(dim=1)[valid] == cells[valid]).float().mean() if valid.any() else loss * 0
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
@@ -202,7 +206,7 @@ class GeolocalizationTask(BackboneTask):
     def _eval_step(self, batch, metrics: GeoAccuracy, stage: str) -> None:
         images, cells, coords = batch
         logits = self.eval_model()(self._prepare(images))
-        self.log(f"{stage}/loss", self.loss(logits, cells), batch_size=len(images), sync_dist=True)
+        self.eval_losses[stage].update(self.loss(logits, cells), len(images))
         pred = self.predict_locations(logits)
         metrics.update(pred[:, 0], pred[:, 1], coords[:, 0], coords[:, 1])
 
