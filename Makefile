@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,fast-coco]"
 	touch $(STAMP)
 
-# The main job on the embedded default data: generate shapes (first run), train SSDLite-MobileNetV2 for a
-# fixed wall-clock budget, evaluate (12 COCO stats -> outputs/demo/metrics.json), draw predictions.
+# The main job on the embedded default data: generate shapes (first run), train SSDLite-MobileNetV2 for a fixed
+# number of optimizer steps, evaluate (12 COCO stats -> outputs/demo/metrics.json), draw predictions.
 demo: install
 	rm -rf outputs/demo
 	$(PY) tools/train.py --task ssdlite --backbone mobilenet_v2 --checkpoint.dirpath outputs/demo/checkpoints
