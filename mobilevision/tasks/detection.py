@@ -74,6 +74,7 @@ class DetectionTask(pl.LightningModule):
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.evaluator: COCOEvaluator | None = None
+        self._evaluator_for: tuple | None = None  # (ground truth, label map, backend) of self.evaluator
         self.eval_losses = eval_losses()  # nothing syncs per batch: ranks may run one batch more than others
         self.last_metrics: dict[str, Any] = {}
 
@@ -125,9 +126,14 @@ class DetectionTask(pl.LightningModule):
         return out
 
     def _start_eval(self) -> None:
+        """A cleared evaluator; the ground truth is read and indexed once, not at every validation."""
         dm = self.trainer.datamodule
-        self.evaluator = COCOEvaluator(dm.val_coco, label_to_category_id=dm.label_to_category_id,
-                                       backend=self.hparams.eval_backend)
+        gt, mapping, backend = dm.val_coco, list(dm.label_to_category_id), self.hparams.eval_backend
+        if self.evaluator is not None and self._evaluator_for == (gt, mapping, backend):
+            self.evaluator.reset()
+            return
+        self.evaluator = COCOEvaluator(gt, label_to_category_id=mapping, backend=backend)
+        self._evaluator_for = (gt, mapping, backend)
 
     def _eval_step(self, batch, stage: str) -> None:
         images, targets = batch
