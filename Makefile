@@ -17,18 +17,22 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The main job on the embedded default data: generate shapes (first run), train SSDLite-MobileNetV2 for a fixed
-# number of optimizer steps, evaluate (12 COCO stats -> outputs/demo/metrics.json), draw predictions.
+# number of optimizer steps, evaluate (12 COCO stats -> outputs/demo/metrics.json), draw predictions, then the
+# road to the device: export to ONNX (checked against ONNX Runtime) and predict with the ONNX file on val images.
 demo: install
 	rm -rf outputs/demo
-	$(PY) tools/train.py --task ssdlite --backbone mobilenet_v2 --checkpoint.dirpath outputs/demo/checkpoints
-	$(PY) tools/eval.py coco --checkpoint outputs/demo/checkpoints/last.ckpt \
+	$(VENV)/bin/mobilevision train --task ssdlite --backbone mobilenet_v2 --checkpoint.dirpath outputs/demo/checkpoints
+	$(VENV)/bin/mobilevision eval coco --checkpoint outputs/demo/checkpoints/last.ckpt \
 	    --json-out outputs/demo/metrics.json --draw outputs/demo/predictions.png
+	$(VENV)/bin/mobilevision export --checkpoint outputs/demo/checkpoints/last.ckpt --output outputs/demo/shapes.onnx
+	$(VENV)/bin/mobilevision predict --model outputs/demo/shapes.onnx --source "datasets/shapes/data/val/00000?.jpg" \
+	    --output outputs/demo/predict
 
 test: install
 	$(PY) -m pytest -q tests
 
 benchmark: install
-	$(PY) tools/benchmark.py --out outputs/benchmark
+	$(VENV)/bin/mobilevision benchmark --out outputs/benchmark
 
 clean:
 	rm -rf $(VENV) outputs

@@ -2,7 +2,7 @@
 
 :func:`read_coco` turns a COCO file written by Roboflow, CVAT, Label Studio, by hand or merged from
 several exports into one clean dataset dict that pycocotools and faster-coco-eval score correctly, so the
-data module, ``COCOEvaluator`` and ``tools/eval.py`` all see the same ground truth:
+data module, ``COCOEvaluator`` and ``mobilevision eval`` all see the same ground truth:
 
 * annotation ids are never trusted: they are renumbered 1..N in file order (the COCO API uses them as
   match markers, so an id 0 reads as "unmatched" and a repeated id keeps one annotation of the id, both

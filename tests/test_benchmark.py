@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import mobilevision
-from mobilevision.benchmark import main, parse_args, synthetic_targets, torchvision_ssd
+from mobilevision.cli import benchmark
+from mobilevision.cli.benchmark import main, parse_args, synthetic_targets, torchvision_ssd
 from mobilevision.evaluation import count_madds, count_params
 from mobilevision.models import SSDLite
 
@@ -58,10 +59,13 @@ def test_parse_args_defaults():
     assert full.max_resolution is None and quick.max_resolution == 160
     assert quick.repeats < full.repeats
     assert parse_args(["--quick", "--repeats", "7"]).repeats == 7
-    assert full.sections == quick.sections == ["backbones", "detection"]
+    assert full.sections == quick.sections == ["backbones", "detection", "runtimes"]
     assert (full.det_size, full.det_width, full.det_batch, full.det_infer_batch) == (320, 1.0, 8, [1, 8])
     assert (quick.det_size, quick.det_width) == (160, 0.5)
-    for bad in (["--sections", "nope"], ["--det-batch", "1"]):
+    assert (full.runtime_size, quick.runtime_size, full.runtime_batch) == (224, 160, [1, 8])
+    assert full.runtime_models == ["mobilenet_v2", "mobileone_s0", "efficientnet_b0", "ssdlite"]
+    for bad in (["--sections", "nope"], ["--det-batch", "1"], ["--runtime-models", "resnet50"],
+                ["--runtime-batch", "0"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
 
@@ -133,3 +137,43 @@ def test_torchvision_ssd_same_network_and_loss():
     ref_loss = ref(list(x), [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets])
     torch.testing.assert_close(loss["loss_cls"], ref_loss["classification"])
     torch.testing.assert_close(loss["loss_box"], ref_loss["bbox_regression"])
+
+
+# -- runtimes section ------------------------------------------------------------------------------
+
+def test_benchmark_runtimes_section(tmp_path):
+    """SSDLite only (three dynamo exports, ~30-60 s): the classifier rows differ only in the models built."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    sections = main(["--quick", "--sections", "runtimes", "--runtime-models", "ssdlite", "--det-size", "96",
+                     "--det-width", "0.35", "--runtime-batch", "1,2", "--repeats", "2", "--warmup", "1",
+                     "--time-budget", "1", "--out", tmp_path])
+    assert [s.csv_name for s in sections] == ["runtimes"]
+    with open(tmp_path / "runtimes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["batch"], r["resolution"]) for r in rows] == [
+        ("SSDLite-MobileNetV2", "1", "96"), ("SSDLite-MobileNetV2", "2", "96")]
+    assert all(r["reference"].startswith("torchvision SSD") for r in rows)
+    times = ("eager_ms", "ort_ms", "int8_ms", "ref_eager_ms", "ref_ort_ms")
+    ratios = {"ort_vs_eager": ("ort_ms", "eager_ms"), "int8_vs_ort": ("int8_ms", "ort_ms"),
+              "ours_vs_ref_ort": ("ort_ms", "ref_ort_ms"), "ref_ort_vs_eager": ("ref_ort_ms", "ref_eager_ms")}
+    for r in rows:
+        for key in times + tuple(ratios):
+            assert math.isfinite(float(r[key])) and float(r[key]) > 0, key
+        for key, (a, b) in ratios.items():  # 4 decimals in the CSV
+            assert float(r[key]) == pytest.approx(float(r[a]) / float(r[b]), rel=2e-3, abs=2e-4), key
+        assert int(r["runs"]) >= 2 and int(r["threads"]) == torch.get_num_threads()
+    # the float32 exports compute what eager does (first batch); int8 roughly
+    assert float(rows[0]["ort_rel_err"]) < 1e-4 and float(rows[0]["ref_ort_rel_err"]) < 1e-4
+    assert float(rows[0]["int8_rel_err"]) < 0.5
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "## Runtimes" in md and "| SSDLite-MobileNetV2 | torchvision SSD + SSDLiteHead | 2 | 96 |" in md
+    assert "onnxruntime" in md and "VNNI: " in md and "intra-op threads" in md
+    assert "ORT ours/ref <= 1.05 in" in md
+
+
+def test_vnni_line(monkeypatch):
+    monkeypatch.setattr(benchmark, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    assert benchmark.vnni_line().startswith("VNNI: yes (avx512_vnni")
+    monkeypatch.setattr(benchmark, "cpu_flags", lambda: {"avx2", "fma"})
+    assert benchmark.vnni_line().startswith("VNNI: no") and "widest SIMD avx2" in benchmark.vnni_line()

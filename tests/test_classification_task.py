@@ -1,5 +1,5 @@
 """ClassificationTask + CLI: every config fits, fine-tuning learns, metrics are right, checkpoints round-trip,
-MobileOne folds without changing predictions, freezing and LR scaling do what they say, tools/eval.py works."""
+MobileOne folds without changing predictions, freezing and LR scaling do what they say, mobilevision eval works."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from mobilevision.cli import CONFIG_DIR, expand_shortcuts, main
+from mobilevision.cli.train import CONFIG_DIR, expand_shortcuts, main
 from mobilevision.data.classification import ClassificationDataModule
-from mobilevision.eval_cli import main as eval_main
+from mobilevision.cli.eval import main as eval_main
 from mobilevision.evaluation.classification import (
     compute_classification_metrics,
     save_confusion_matrix_png,

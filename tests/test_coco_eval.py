@@ -18,7 +18,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from mobilevision.eval_cli import main as eval_main
+from mobilevision.cli.eval import main as eval_main
 from mobilevision.evaluation.coco import (
     BACKENDS,
     STAT_KEYS,
@@ -368,7 +368,7 @@ def test_ddp_gather_equals_single_process(tmp_path, real_gt, file_stats):
 
 def test_no_shared_paths():
     """The project must not read the shared scratch area at run or test time."""
-    for path in (REPO / "mobilevision/evaluation/coco.py", REPO / "mobilevision/eval_cli.py", Path(__file__)):
+    for path in (REPO / "mobilevision/evaluation/coco.py", REPO / "mobilevision/cli/eval.py", Path(__file__)):
         text = path.read_text()
         assert "/work/" + "shared" not in text, path
     assert os.path.isfile(GT_PATH) and os.path.isfile(DT_PATH) and os.path.isfile(PUBLISHED_PATH)

@@ -28,7 +28,7 @@ from PIL import Image
 from mobilevision.coco_format import read_coco
 from mobilevision.data import CocoDetection, CocoDetectionDataModule, ImageDecodeError, ImageSizeMismatchError
 from mobilevision.data.image_io import load_rgb_image, read_image_size
-from mobilevision.eval_cli import main as eval_main
+from mobilevision.cli.eval import main as eval_main
 from mobilevision.evaluation.coco import BACKENDS, COCOEvaluator, evaluate_results_file
 
 # file -> ((width, height) as displayed, [(class, [x, y, w, h]), ...])

@@ -9,9 +9,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from mobilevision.cli import CONFIG_DIR, expand_shortcuts, main
+from mobilevision.cli.train import CONFIG_DIR, expand_shortcuts, main
 from mobilevision.data import CocoDetectionDataModule, ensure_shapes_dataset
-from mobilevision.eval_cli import main as eval_main
+from mobilevision.cli.eval import main as eval_main
 from mobilevision.models import create_classifier
 from mobilevision.tasks import DetectionTask, load_task
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchmetrics.utilities import dim_zero_cat
 
-from mobilevision.eval_cli import main as eval_main
+from mobilevision.cli.eval import main as eval_main
 from mobilevision.evaluation.geolocalization import (
     GEO_METRIC_KEYS,
     GEO_THRESHOLDS_KM,

@@ -1,5 +1,5 @@
 """Geolocalization: photo lists and bad rows, the data module's cells, GeolocalizationTask (loss, prediction, fit
-through every config, checkpoints carrying the partition, resume checks) and tools/eval.py geolocalization."""
+through every config, checkpoints carrying the partition, resume checks) and mobilevision eval geolocalization."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mobilevision.cli import CONFIG_DIR, expand_shortcuts, main
+from mobilevision.cli.train import CONFIG_DIR, expand_shortcuts, main
 from mobilevision.data.geolocalization import GeolocalizationDataModule, read_geotagged_list
 from mobilevision.data.image_io import ImageDecodeError
-from mobilevision.eval_cli import main as eval_main
+from mobilevision.cli.eval import main as eval_main
 from mobilevision.geo import build_partition, haversine_km, load_cities, spherical_mean
 from mobilevision.tasks import GeolocalizationTask, load_task
 

@@ -11,7 +11,7 @@ from torch import nn
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
 
-from mobilevision.backbones import load_pretrained  # noqa: E402
+from mobilevision.models import load_pretrained  # noqa: E402
 from mobilevision.models.classifier import create_classifier  # noqa: E402
 
 EFFICIENTNETS = [f"efficientnet_b{i}" for i in range(8)]

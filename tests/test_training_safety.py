@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from mobilevision.cli import CONFIG_DIR, main
+from mobilevision.cli.train import CONFIG_DIR, main
 from mobilevision.tasks import ClassificationTask
 from mobilevision.tasks.checkpoint import TrainingCheckpoint
 
@@ -134,10 +134,10 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(tmp_path):
     last = ckpt_dir / "last.ckpt"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with open(tmp_path / "log.txt", "w") as log:
-        proc = subprocess.Popen([sys.executable, str(REPO / "tools/train.py"), *args], cwd=REPO, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "mobilevision", "train", *args], cwd=REPO, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300
             while proc.poll() is None and time.monotonic() < deadline:
                 if last.is_file() and torch.load(last, weights_only=True)["global_step"] >= 3:
                     break

@@ -1,6 +1,10 @@
-"""Benchmark the backbones: see ``python tools/benchmark.py --help`` and mobilevision/benchmark.py."""
+#!/usr/bin/env python
+"""Shim for ``mobilevision benchmark`` (mobilevision/cli/benchmark.py); kept for old scripts."""
 
-from mobilevision.benchmark import main
+import sys
+
+from mobilevision.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.argv.insert(1, "benchmark")
+    raise SystemExit(main())

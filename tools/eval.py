@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Evaluation entry point; the logic lives in ``mobilevision/eval_cli.py``.
+"""Shim for ``mobilevision eval`` (mobilevision/cli/eval.py); kept for old scripts."""
 
-    python tools/eval.py coco --annotations GT.json --results DT.json [--json-out stats.json]
-"""
+import sys
 
-from mobilevision.eval_cli import main
+from mobilevision.cli import main
 
 if __name__ == "__main__":
+    sys.argv.insert(1, "eval")
     raise SystemExit(main())

@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Train / validate / test / predict: ``tools/train.py --task ssdlite --backbone mobilenet_v2``."""
+"""Shim for ``mobilevision train`` (mobilevision/cli/train.py); kept for old scripts."""
+
+import sys
 
 from mobilevision.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.argv.insert(1, "train")
+    raise SystemExit(main())

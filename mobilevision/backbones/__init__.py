@@ -7,7 +7,6 @@ from .efficientnet import EfficientNet
 from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
 from .mobileone import MobileOne
-from .pretrained import load_pretrained
 
 __all__ = ["Backbone", "EfficientNet", "FeatureInfo", "MobileNetV1", "MobileNetV2", "MobileOne",
-           "create_backbone", "get_backbone_factory", "list_backbones", "load_pretrained", "register_backbone"]
+           "create_backbone", "get_backbone_factory", "list_backbones", "register_backbone"]

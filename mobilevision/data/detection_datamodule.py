@@ -120,7 +120,7 @@ class CocoDetectionDataModule(SplitDataModule):
         shapes_seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()  # stored in checkpoints: tools/eval.py finds the data a model was trained on
+        self.save_hyperparameters()  # stored in checkpoints: mobilevision eval finds the data a model was trained on
         self.collate_fn = detection_collate
         paths = (train_images, train_annotations, val_images, val_annotations)
         if any(p is not None for p in paths) and not all(p is not None for p in paths):

@@ -279,7 +279,7 @@ class GeolocalizationDataModule(SplitDataModule):
         geoscenes_seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()  # stored in checkpoints: tools/eval.py finds the data a model was trained on
+        self.save_hyperparameters()  # stored in checkpoints: mobilevision eval finds the data a model was trained on
         if dataset not in GEO_DATASETS:
             raise ValueError(f"dataset must be one of {GEO_DATASETS}, got {dataset!r}")
         if augment not in CLASSIFICATION_AUGMENTS:

@@ -71,24 +71,42 @@ def postprocess(
     sorted by decreasing score.
     """
     box_coder = box_coder or BoxCoder()
-    batch, num_anchors, num_outputs = cls_logits.shape
-    num_classes = num_outputs - 1
+    batch = cls_logits.shape[0]
     anchors_list = _anchors_per_image(anchors, batch)
     sizes = _sizes_per_image(image_size, batch)
-    scores_all = F.softmax(cls_logits.float(), dim=-1)[..., 1:]  # [B, A, C]
+    scores = F.softmax(cls_logits.float(), dim=-1)[..., 1:]  # [B, A, C]
+    boxes = [clip_boxes_to_image(box_coder.decode(d.float(), a.float()), size)
+             for d, a, size in zip(bbox_regression, anchors_list, sizes)]
+    return select_detections(torch.stack(boxes), scores, score_thresh, topk_candidates, nms_thresh,
+                             detections_per_img, min_size)
+
+
+@torch.no_grad()
+def select_detections(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    score_thresh: float = 0.01,
+    topk_candidates: int = 300,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+    min_size: float = 0.0,
+) -> list[dict[str, torch.Tensor]]:
+    """Detections per image from decoded boxes ``[B, A, 4]`` (xyxy, already clipped) and class scores ``[B, A, C]``
+    (background dropped): the second half of :func:`postprocess`, shared with exported models, whose graph ends
+    with the decoded boxes and scores."""
+    batch, num_anchors, num_classes = scores.shape
     results = []
-    for scores, deltas, anc, size in zip(scores_all, bbox_regression, anchors_list, sizes):
+    for img_scores, img_boxes in zip(scores.float(), boxes.float()):
         k = min(topk_candidates, num_anchors)
-        top_scores, top_anchor = scores.topk(k, dim=0)  # [k, C], per class
-        labels = torch.arange(num_classes, device=scores.device).expand(k, num_classes)
+        top_scores, top_anchor = img_scores.topk(k, dim=0)  # [k, C], per class
+        labels = torch.arange(num_classes, device=img_scores.device).expand(k, num_classes)
         top_scores, top_anchor, labels = top_scores.reshape(-1), top_anchor.reshape(-1), labels.reshape(-1)
         keep = top_scores > score_thresh
         top_scores, top_anchor, labels = top_scores[keep], top_anchor[keep], labels[keep]
-        boxes = box_coder.decode(deltas[top_anchor].float(), anc[top_anchor].float())
-        boxes = clip_boxes_to_image(boxes, size)
+        boxes_k = img_boxes[top_anchor]
         if min_size > 0:
-            keep = remove_small_boxes(boxes, min_size)
-            boxes, top_scores, labels = boxes[keep], top_scores[keep], labels[keep]
-        keep = top_nms(boxes, top_scores, labels, nms_thresh, detections_per_img)
-        results.append({"boxes": boxes[keep], "scores": top_scores[keep], "labels": labels[keep]})
+            keep = remove_small_boxes(boxes_k, min_size)
+            boxes_k, top_scores, labels = boxes_k[keep], top_scores[keep], labels[keep]
+        keep = top_nms(boxes_k, top_scores, labels, nms_thresh, detections_per_img)
+        results.append({"boxes": boxes_k[keep], "scores": top_scores[keep], "labels": labels[keep]})
     return results

@@ -1,15 +1,20 @@
-"""Pictures of results: detections drawn on images (torchvision.utils does the drawing)."""
+"""Pictures of results: detections drawn on images (torchvision.utils does the drawing) and predicted photo
+locations on a world map (matplotlib)."""
 
 from __future__ import annotations
 
+import inspect
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageColor
 from torchvision.utils import draw_bounding_boxes, make_grid
+
+__all__ = ["draw_boxes", "draw_detections", "save_location_map"]
 
 _PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
             "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
@@ -48,4 +53,83 @@ def draw_detections(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+_FILL_LABELS = "fill_labels" in inspect.signature(draw_bounding_boxes).parameters
+
+
+def _text_color(color: str) -> str:
+    """Black or white, whichever reads better on ``color`` (ITU-R BT.601 luma)."""
+    r, g, b = ImageColor.getrgb(color)[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
+
+
+@lru_cache(maxsize=1)
+def _font_path() -> str | None:
+    """A TrueType font that scales with the image (matplotlib's DejaVu Sans), or None (PIL's default)."""
+    try:
+        from matplotlib import font_manager
+
+        return font_manager.findfont("DejaVu Sans", fallback_to_default=True)
+    except Exception:  # noqa: BLE001 - no matplotlib font: PIL's small default font still works
+        return None
+
+
+def draw_boxes(image: np.ndarray, boxes, labels: Sequence[int], texts: Sequence[str],
+               width: int | None = None) -> np.ndarray:
+    """``image`` (RGB uint8 HxWx3) with xyxy ``boxes`` (its pixels) drawn in the colour of their class ``labels``,
+    each captioned by its ``texts`` entry on a filled box of that colour in black or white text, whichever contrasts
+    (readable on any background). Line width and font size follow the image size. Returns a new array."""
+    if not len(boxes):
+        return np.array(image, copy=True)
+    h, w = image.shape[:2]
+    width = width or max(1, round(max(h, w) / 320))
+    colors = [_PALETTE[int(c) % len(_PALETTE)] for c in labels]
+    font = _font_path()
+    size = max(10, round(max(h, w) / 50))
+    # filled labels (their background: the box colour) need torchvision >= 0.23; before, text in the box colour
+    filled = {"fill_labels": True, "label_colors": [_text_color(c) for c in colors]} if _FILL_LABELS else {}
+    out = draw_bounding_boxes(
+        torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.as_tensor(np.asarray(boxes)).float(),
+        labels=list(texts), colors=colors, width=width, font=font, font_size=size if font else None, **filled)
+    return out.permute(1, 2, 0).numpy()
+
+
+def save_location_map(latitude, longitude, path: str | os.PathLike, prob=None, title: str | None = None) -> Path:
+    """Save a PNG world map (the style of :func:`~mobilevision.evaluation.geolocalization.save_error_map`:
+    equirectangular, graticule every 30 degrees, the shipped cities as faint continents) of predicted locations,
+    coloured by ``prob`` (the best cell's probability) when given. Creates parent folders."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ..geo.cities import load_cities
+
+    lat, lon = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (latitude, longitude))
+    if lat.shape != lon.shape or not len(lat):
+        raise ValueError(f"need as many latitudes as longitudes, at least one; got {len(lat)} and {len(lon)}")
+    fig = Figure(figsize=(13.0, 7.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set(xlim=(-180, 180), ylim=(-90, 90), aspect="equal", xlabel="longitude", ylabel="latitude")
+    ticks_x, ticks_y = range(-180, 181, 30), range(-90, 91, 30)
+    ax.set_xticks(list(ticks_x), [f"{abs(x)}°{'E' if x > 0 else 'W' if x < 0 else ''}" for x in ticks_x], fontsize=8)
+    ax.set_yticks(list(ticks_y), [f"{abs(y)}°{'N' if y > 0 else 'S' if y < 0 else ''}" for y in ticks_y], fontsize=8)
+    ax.grid(True, color="#b0b0b0", linewidth=0.5, linestyle=":")
+    ax.set_axisbelow(True)
+    ax.set_facecolor("#f4f8fb")
+    cities = load_cities()
+    ax.scatter(cities.longitude, cities.latitude, s=3.0, c="#c4c4c4", linewidths=0, zorder=1, rasterized=True)
+    size = 8 if len(lat) > 300 else 24
+    if prob is None:
+        ax.scatter(lon, lat, s=size, marker="x", c="#1f4e9c", linewidths=0.8, zorder=3)
+    else:
+        points = ax.scatter(lon, lat, s=size, c=np.asarray(prob, dtype=np.float64).reshape(-1), cmap="viridis",
+                            vmin=0.0, vmax=1.0, edgecolors="#202020", linewidths=0.4, zorder=3)
+        fig.colorbar(points, ax=ax, fraction=0.025, pad=0.01, label="probability of the predicted cell")
+    ax.set_title(title or f"predicted locations of {len(lat)} image{'s' if len(lat) != 1 else ''}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
     return path

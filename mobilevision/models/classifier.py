@@ -7,6 +7,7 @@ from torch import nn
 
 from ..backbones import Backbone, create_backbone
 from ..backbones._features import init_weights
+from .pretrained import load_pretrained
 
 
 class ImageClassifier(nn.Module):
@@ -33,7 +34,7 @@ def create_classifier(name: str, num_classes: int = 1000, weights: str | None = 
 
     ``dropout`` defaults to the backbone's published rate (EfficientNet) or 0.2 (MobileNets).
     ``weights``: path to a torchvision or timm state dict of the same architecture (see
-    :func:`mobilevision.backbones.load_pretrained`), or ``"imagenet"`` to fetch one through those
+    :func:`mobilevision.models.load_pretrained`), or ``"imagenet"`` to fetch one through those
     libraries' own download machinery.
     """
     backbone = create_backbone(name, **backbone_kwargs)
@@ -41,7 +42,5 @@ def create_classifier(name: str, num_classes: int = 1000, weights: str | None = 
         dropout = getattr(backbone, "dropout", 0.2)
     model = ImageClassifier(backbone, num_classes, dropout)
     if weights is not None:
-        from ..backbones.pretrained import load_pretrained
-
         load_pretrained(model, name, weights)
     return model

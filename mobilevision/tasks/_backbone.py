@@ -1,5 +1,5 @@
-"""What the tasks built on one backbone + linear head share: the network, frozen backbones, MobileOne folding
-for evaluation, EMA, channels-last and the optimizer set-up."""
+"""What the tasks built on one backbone share (classification, geolocalization, detection): frozen backbones,
+ImageNet backbone weights, MobileOne folding for evaluation, EMA, channels-last and the optimizer set-up."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from ..backbones.pretrained import load_pretrained
 from ..layers.mobileone import reparameterize_model
-from ..models import create_classifier
+from ..models import create_classifier, load_pretrained
 from ._ema import EMA
 from ._optim import build_optimizer, param_groups, schedule
 from .checkpoint import check_finite_weights
@@ -30,23 +29,34 @@ def is_reparameterizable(model: nn.Module) -> bool:
 
 
 class BackboneTask(pl.LightningModule):
-    """Base of :class:`ClassificationTask` and :class:`GeolocalizationTask`: ``self.model`` is an
-    :class:`~mobilevision.models.ImageClassifier`; subclasses call :meth:`build_model` after
-    ``save_hyperparameters()``, whose hyper-parameters must include ``freeze_backbone``, ``channels_last``,
-    ``eval_folded``, ``ema_decay``, ``backbone_lr_scale``, ``weight_decay``, ``optimizer``, ``lr``, ``momentum``,
-    ``warmup`` and ``min_lr_ratio``.
+    """Base of :class:`ClassificationTask`, :class:`GeolocalizationTask` and :class:`DetectionTask`: ``self.model``
+    is a network with a ``.backbone`` (an :class:`~mobilevision.models.ImageClassifier` made by :meth:`build_model`,
+    an :class:`~mobilevision.models.SSDLite`, ... installed by :meth:`attach_model`); subclasses call one of them
+    after ``save_hyperparameters()``, whose hyper-parameters must include ``backbone``, ``width``,
+    ``backbone_kwargs``, ``backbone_weights``, ``freeze_backbone``, ``channels_last``, ``eval_folded``,
+    ``ema_decay``, ``backbone_lr_scale``, ``weight_decay``, ``optimizer``, ``lr``, ``momentum``, ``warmup`` and
+    ``min_lr_ratio``.
 
     ``backbone_weights`` load when a fit starts from scratch (:meth:`on_fit_start`), not at construction: resuming
     (``ckpt_path``), ``load_from_checkpoint`` and evaluation restore every weight from the checkpoint and work
     without the weights file. :meth:`load_backbone_weights` loads them at once."""
 
-    def build_model(self, backbone: str, num_outputs: int, width: float | None, backbone_kwargs: dict[str, Any] | None,
-                    backbone_weights: str | None, dropout: float | None) -> None:
-        kwargs = dict(backbone_kwargs or {})
-        if width is not None:
-            kwargs["width"] = width
-        self.model = create_classifier(backbone, num_outputs, dropout=dropout, **kwargs)
-        self._weights_pending = bool(backbone_weights)  # loaded when a fit starts from scratch
+    def build_model(self, num_outputs: int, dropout: float | None) -> None:
+        """An :class:`~mobilevision.models.ImageClassifier` (``backbone`` + linear layer of ``num_outputs``)."""
+        self.attach_model(create_classifier(self.hparams.backbone, num_outputs, dropout=dropout,
+                                            **self.backbone_kwargs()))
+
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """The backbone factory's keyword arguments: ``backbone_kwargs``, plus ``width`` when set."""
+        kwargs = dict(self.hparams.backbone_kwargs or {})
+        if self.hparams.width is not None:
+            kwargs["width"] = self.hparams.width
+        return kwargs
+
+    def attach_model(self, model: nn.Module) -> None:
+        """Install ``model`` (with a ``.backbone``) as ``self.model``: frozen backbone, memory format, eval state."""
+        self.model = model
+        self._weights_pending = bool(self.hparams.backbone_weights)  # loaded when a fit starts from scratch
         if self.hparams.freeze_backbone:  # no gradients, and BatchNorm statistics frozen too (see train())
             self.model.backbone.requires_grad_(False)
             self.model.backbone.eval()
@@ -57,7 +67,7 @@ class BackboneTask(pl.LightningModule):
 
     def load_backbone_weights(self) -> None:
         """Load ``backbone_weights`` (ImageNet) into the network now; the classifier layer too when its number of
-        outputs fits (see :func:`~mobilevision.backbones.load_pretrained`)."""
+        outputs fits (see :func:`~mobilevision.models.load_pretrained`)."""
         load_pretrained(self.model, self.hparams.backbone, self.hparams.backbone_weights)
         self._weights_pending = False
 
@@ -107,15 +117,22 @@ class BackboneTask(pl.LightningModule):
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits [B, num_classes] of the training network (in its current mode)."""
+    def forward(self, images: torch.Tensor) -> Any:
+        """Outputs of the training network (in its current mode): logits [B, C] of a classifier, SSDLite's dict."""
         return self.model(self._prepare(images))
 
     # -- evaluation loops ----------------------------------------------------------------------------------
-    # Subclasses define ``_eval_step(batch, metrics, stage)`` (which adds the batch's loss to
-    # ``eval_losses[stage]``), ``summarize(computed) -> dict`` and ``log_eval(stats, stage)``; ``val_metrics`` /
-    # ``test_metrics`` are torchmetrics objects. Nothing is synced per batch (under DDP ranks may run one batch
-    # more than others, see SplitDataModule): the metrics and the loss sync when computed at epoch end.
+    # Subclasses define ``_eval_step(batch, metrics, stage)`` (which runs ``eval_model()`` and adds the batch's
+    # loss to ``eval_losses[stage]``), ``summarize(computed) -> dict`` and ``log_eval(stats, stage)``;
+    # ``val_metrics`` / ``test_metrics`` have ``compute()`` and ``reset()`` (torchmetrics objects). Nothing is
+    # synced per batch (under DDP ranks may run one batch more than others, see SplitDataModule): the metrics
+    # and the loss sync when computed at epoch end.
+    def _start_eval(self) -> None:
+        self._fold_for_eval()
+
+    def reset_metrics(self, metrics) -> None:
+        metrics.reset()
+
     def _end_eval(self, metrics, stage: str) -> None:
         self._drop_folded()
         stats = self.summarize(metrics.compute())  # synced across processes
@@ -123,14 +140,14 @@ class BackboneTask(pl.LightningModule):
         # Fresh states as normal tensors: reset() inside validate()'s inference mode would make them inference
         # tensors, which the next validation inside fit() (run under no_grad) cannot update in place.
         with torch.inference_mode(False):
-            metrics.reset()
+            self.reset_metrics(metrics)
             self.eval_losses[stage].reset()
         self.last_metrics = stats
         self.log(f"{stage}/loss", loss)  # every process holds the same synced values, so no sync_dist
         self.log_eval(stats, stage)
 
     def on_validation_epoch_start(self) -> None:
-        self._fold_for_eval()
+        self._start_eval()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
@@ -139,7 +156,7 @@ class BackboneTask(pl.LightningModule):
         self._end_eval(self.val_metrics, "val")
 
     def on_test_epoch_start(self) -> None:
-        self._fold_for_eval()
+        self._start_eval()
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
@@ -159,8 +176,12 @@ class BackboneTask(pl.LightningModule):
             self.model.backbone.eval()
 
     # -- optimization ---------------------------------------------------------------------------------
+    def optimizer_modules(self) -> list[tuple[nn.Module, float]]:
+        """(module, learning-rate scale): the backbone at ``backbone_lr_scale``, the network's other children at 1."""
+        head = [(module, 1.0) for name, module in self.model.named_children() if name != "backbone"]
+        return [(self.model.backbone, self.hparams.backbone_lr_scale), *head]
+
     def configure_optimizers(self):
         hp = self.hparams
-        head = [(module, 1.0) for name, module in self.model.named_children() if name != "backbone"]
-        groups = param_groups([(self.model.backbone, hp.backbone_lr_scale), *head], hp.weight_decay)
+        groups = param_groups(self.optimizer_modules(), hp.weight_decay)
         return schedule(build_optimizer(groups, hp.optimizer, hp.lr, hp.momentum), self, hp.warmup, hp.min_lr_ratio)

@@ -77,7 +77,7 @@ class ClassificationTask(BackboneTask):
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         self.save_hyperparameters()
-        self.build_model(backbone, num_classes, width, backbone_kwargs, backbone_weights, dropout)
+        self.build_model(num_classes, dropout)
         self.val_metrics = classification_metrics(num_classes)
         self.test_metrics = classification_metrics(num_classes)
         self.last_metrics: dict[str, Any] = {}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import pytorch_lightning as pl
 import torch
+from torch import nn
 
 from ..evaluation.coco import COCOEvaluator, scale_boxes
 from ..models import SSDLite, create_classifier
-from ._backbone import eval_losses
-from ._optim import OptimizerName, build_optimizer, param_groups, schedule
-from .checkpoint import check_finite_loss, check_finite_weights, check_same_labels
+from ._backbone import BackboneTask
+from ._optim import OptimizerName
+from .checkpoint import check_finite_loss, check_same_labels
 
 # COCOeval stat key -> logged metric name (torchmetrics' MeanAveragePrecision naming)
 METRIC_NAMES = {"AP": "map", "AP50": "map_50", "AP75": "map_75", "APs": "map_small", "APm": "map_medium",
@@ -19,23 +19,33 @@ METRIC_NAMES = {"AP": "map", "AP50": "map_50", "AP75": "map_75", "APs": "map_sma
                 "ARm": "mar_medium", "ARl": "mar_large"}
 
 
-class DetectionTask(pl.LightningModule):
+class DetectionTask(BackboneTask):
     """Train and evaluate an :class:`~mobilevision.models.SSDLite` detector.
 
     Args:
         backbone, width, backbone_kwargs, image_size, num_classes: the network (``num_classes`` is
             linked from the data module by the CLI).
         backbone_weights: ImageNet weights for the backbone: a torchvision / timm state dict file of
-            the same architecture, or ``"imagenet"`` (see :func:`mobilevision.backbones.load_pretrained`).
+            the same architecture, or ``"imagenet"`` (see :func:`mobilevision.models.load_pretrained`).
             Loaded when a fit starts from scratch, never when resuming (``ckpt_path``), in
             ``load_from_checkpoint`` or :func:`~mobilevision.tasks.load_task`: the checkpoint holds every
             weight, so those work without the file (:meth:`load_backbone_weights` loads them at once).
+        freeze_backbone: train only the extra layers and the prediction head; the backbone keeps its
+            weights and its BatchNorm statistics (it stays in eval mode).
+        backbone_lr_scale: the backbone's learning rate as a fraction of ``lr`` (fine-tuning: e.g. 0.1);
+            the extra layers and the head train at ``lr``.
         min_ratio, max_ratio: default box scales of the first and last feature map, as fractions of the
             input side (SSD: 0.2 and 0.95; lower ``min_ratio`` for datasets of small objects).
         optimizer, lr, momentum, weight_decay: SGD / RMSProp / AdamW; no decay on norms and biases.
         warmup, min_lr_ratio: linear warm-up (fraction of training), then cosine to ``lr * min_lr_ratio``,
             over the optimizer steps of the fit (``trainer.max_time`` is only a safety stop).
+        ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.9998);
+            validation, checkpoints and the weights left after ``fit`` are the average (as in
+            :class:`~mobilevision.tasks.ClassificationTask`).
         channels_last: NHWC memory format (faster convolutions on CPU and on tensor cores).
+        eval_folded: validate / test / predict with a re-parameterized copy of the network (MobileOne's
+            branches folded into one conv per layer: the same detections up to float rounding, faster).
+            No effect on backbones without branches.
         score_thresh, nms_thresh, detections_per_img: postprocessing.
         label_to_category_id: contiguous label -> dataset category id (linked from the data module);
             kept in the checkpoint so predictions can be mapped back without the dataset.
@@ -50,6 +60,8 @@ class DetectionTask(pl.LightningModule):
         width: float | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         backbone_weights: str | None = None,
+        freeze_backbone: bool = False,
+        backbone_lr_scale: float = 1.0,
         min_ratio: float = 0.2,
         max_ratio: float = 0.95,
         optimizer: OptimizerName = "sgd",
@@ -58,7 +70,9 @@ class DetectionTask(pl.LightningModule):
         weight_decay: float = 4e-5,
         warmup: float = 0.02,
         min_lr_ratio: float = 0.0,
+        ema_decay: float | None = None,
         channels_last: bool = False,
+        eval_folded: bool = True,
         score_thresh: float = 0.01,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
@@ -67,46 +81,34 @@ class DetectionTask(pl.LightningModule):
         eval_backend: str = "pycocotools",
     ) -> None:
         super().__init__()
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         self.save_hyperparameters()
-        self.model = SSDLite(backbone, num_classes, image_size, width, backbone_kwargs, min_ratio=min_ratio,
-                             max_ratio=max_ratio, score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img)
-        self._weights_pending = bool(backbone_weights)  # loaded when a fit starts from scratch
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.attach_model(SSDLite(backbone, num_classes, image_size, width, backbone_kwargs, min_ratio=min_ratio,
+                                  max_ratio=max_ratio, score_thresh=score_thresh, nms_thresh=nms_thresh,
+                                  detections_per_img=detections_per_img))
         self.evaluator: COCOEvaluator | None = None
         self._evaluator_for: tuple | None = None  # (ground truth, label map, backend) of self.evaluator
-        self.eval_losses = eval_losses()  # nothing syncs per batch: ranks may run one batch more than others
         self.last_metrics: dict[str, Any] = {}
 
     def load_backbone_weights(self) -> None:
-        """Load ``backbone_weights`` (ImageNet) into the backbone now."""
-        hp = self.hparams
-        kwargs = dict(hp.backbone_kwargs or {})
-        if hp.width is not None:
-            kwargs["width"] = hp.width
-        classifier = create_classifier(hp.backbone, weights=hp.backbone_weights, **kwargs)
+        """Load ``backbone_weights`` (an ImageNet classifier's) into the backbone now."""
+        classifier = create_classifier(self.hparams.backbone, weights=self.hparams.backbone_weights,
+                                       **self.backbone_kwargs())
         self.model.backbone.load_state_dict(classifier.backbone.state_dict())
         self._weights_pending = False
 
-    # -- checkpoints ------------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        if self._weights_pending:  # a fit from scratch: a resumed one went through on_load_checkpoint
-            self.load_backbone_weights()
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The checkpoint holds every weight; refuse to resume (or validate it) on data with other categories."""
-        self._weights_pending = False
+        super().on_load_checkpoint(checkpoint)
         check_same_labels(self, checkpoint, ("num_classes", "label_to_category_id", "category_names"))
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_finite_weights(checkpoint)
+    def optimizer_modules(self) -> list[tuple[nn.Module, float]]:
+        if self.hparams.backbone_lr_scale == 1.0:  # the whole network in one pair of groups: older checkpoints resume
+            return [(self.model, 1.0)]
+        return super().optimizer_modules()
 
     # -- steps ------------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor) -> dict[str, Any]:
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.model(images)
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         losses = self.model.compute_loss(self(images), targets)
@@ -116,7 +118,7 @@ class DetectionTask(pl.LightningModule):
 
     def _detections(self, outputs: dict[str, Any], targets: Sequence[dict]) -> list[dict]:
         """Postprocessed detections in each image's original pixels, with labels as given."""
-        detections = self.model.postprocess(outputs)
+        detections = self.eval_model().postprocess(outputs)
         size = outputs["image_size"]
         out = []
         for det, tgt in zip(detections, targets):
@@ -125,8 +127,17 @@ class DetectionTask(pl.LightningModule):
                         "scores": det["scores"], "labels": det["labels"]})
         return out
 
+    # -- evaluation: one COCO evaluator serves validation and test (BackboneTask runs the loops) -------
+    @property
+    def val_metrics(self) -> COCOEvaluator | None:
+        return self.evaluator
+
+    test_metrics = val_metrics
+
     def _start_eval(self) -> None:
-        """A cleared evaluator; the ground truth is read and indexed once, not at every validation."""
+        """Fold the network, and clear the evaluator; the ground truth is read and indexed once, not at every
+        validation."""
+        super()._start_eval()
         dm = self.trainer.datamodule
         gt, mapping, backend = dm.val_coco, list(dm.label_to_category_id), self.hparams.eval_backend
         if self.evaluator is not None and self._evaluator_for == (gt, mapping, backend):
@@ -135,53 +146,29 @@ class DetectionTask(pl.LightningModule):
         self.evaluator = COCOEvaluator(gt, label_to_category_id=mapping, backend=backend)
         self._evaluator_for = (gt, mapping, backend)
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def _eval_step(self, batch, evaluator: COCOEvaluator, stage: str) -> None:
         images, targets = batch
-        outputs = self(images)
-        self.evaluator.update(self._detections(outputs, targets))
-        self.eval_losses[stage].update(self.model.compute_loss(outputs, targets)["loss"], len(images))
+        net = self.eval_model()
+        outputs = net(self._prepare(images))
+        evaluator.update(self._detections(outputs, targets))
+        self.eval_losses[stage].update(net.compute_loss(outputs, targets)["loss"], len(images))
 
-    def _end_eval(self, stage: str) -> None:
-        stats = self.evaluator.compute()  # gathers predictions from every process under DDP
-        loss = self.eval_losses[stage].compute()  # synced
-        with torch.inference_mode(False):  # fresh states as normal tensors (see BackboneTask._end_eval)
-            self.eval_losses[stage].reset()
-        self.last_metrics = stats
-        # every process holds the same gathered stats, so no sync_dist
-        self.log(f"{stage}/loss", loss)
+    def summarize(self, computed: dict[str, Any]) -> dict[str, Any]:
+        return computed  # COCOEvaluator.compute() gathers the predictions of every process under DDP
+
+    def reset_metrics(self, evaluator: COCOEvaluator) -> None:
+        """Keep the predictions until the next evaluation starts: ``evaluator.results()`` stays readable."""
+
+    def log_eval(self, stats: dict[str, Any], stage: str) -> None:
         self.log(f"{stage}/map", float(stats["AP"]), prog_bar=True)
         self.log_dict({f"{stage}/{METRIC_NAMES[k]}": float(stats[k]) for k in METRIC_NAMES if k != "AP"})
-
-    def on_validation_epoch_start(self) -> None:
-        self._start_eval()
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._end_eval("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start_eval()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._end_eval("test")
 
     def predict_step(self, batch, batch_idx: int) -> list[dict]:
         """Detections in original image pixels, with dataset category ids (``category_id``)."""
         images, targets = batch
         lut = self.hparams.label_to_category_id
-        out = self._detections(self(images), targets)
+        out = self._detections(self.eval_model()(self._prepare(images)), targets)
         for det in out:
             det["category_ids"] = (torch.as_tensor(lut, device=det["labels"].device)[det["labels"]]
                                    if lut else det["labels"])
         return out
-
-    # -- optimization ---------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        hp = self.hparams
-        groups = param_groups([(self.model, 1.0)], hp.weight_decay)
-        return schedule(build_optimizer(groups, hp.optimizer, hp.lr, hp.momentum), self, hp.warmup, hp.min_lr_ratio)

@@ -22,6 +22,21 @@ PredictMode = Literal["argmax", "topk"]
 CellLocationMode = Literal["center", "mean"]
 
 
+
+def locations_from_logits(logits: torch.Tensor, locations: torch.Tensor, predict: str = "argmax",
+                          top_k: int = 5) -> torch.Tensor:
+    """Predicted (latitude, longitude) [B, 2] float64 from cell logits [B, C] and the cells' locations [C, 2]:
+    the best cell's location (``argmax``), or the probability-weighted mean direction of the ``top_k`` best
+    cells (``topk``)."""
+    locations = locations.double()
+    if predict == "argmax":
+        return locations[logits.argmax(dim=1)]
+    probs = logits.float().softmax(dim=1)
+    p, idx = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    v = (to_unit_vectors(locations[idx, 0], locations[idx, 1]) * p.double().unsqueeze(-1)).sum(1)
+    lat, lon = from_unit_vectors(v)
+    return torch.stack([lat, lon], dim=1)
+
 class GeolocalizationTask(BackboneTask):
     """Classify photos into the cells of a :class:`~mobilevision.geo.CellPartition` and predict coordinates.
 
@@ -89,7 +104,7 @@ class GeolocalizationTask(BackboneTask):
             raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         self.save_hyperparameters(ignore=["partition"])  # the partition is in the buffers
         self.hparams.num_cells = num_cells
-        self.build_model(backbone, num_cells, width, backbone_kwargs, backbone_weights, dropout)
+        self.build_model(num_cells, dropout)
         self.register_buffer("cell_ids", torch.zeros(num_cells, dtype=torch.int64))
         self.register_buffer("cell_centers", torch.zeros(num_cells, 2, dtype=torch.float64))
         self.register_buffer("cell_means", torch.zeros(num_cells, 2, dtype=torch.float64))
@@ -183,13 +198,7 @@ class GeolocalizationTask(BackboneTask):
     def predict_locations(self, logits: torch.Tensor) -> torch.Tensor:
         """Predicted (latitude, longitude) [B, 2] float64 from cell logits [B, C]."""
         locations = self.cell_locations().to(logits.device)
-        if self.hparams.predict == "argmax":
-            return locations[logits.argmax(dim=1)]
-        probs = logits.float().softmax(dim=1)
-        p, idx = probs.topk(min(self.hparams.top_k, probs.shape[1]), dim=1)
-        v = (to_unit_vectors(locations[idx, 0], locations[idx, 1]) * p.double().unsqueeze(-1)).sum(1)
-        lat, lon = from_unit_vectors(v)
-        return torch.stack([lat, lon], dim=1)
+        return locations_from_logits(logits, locations, self.hparams.predict, self.hparams.top_k)
 
     # -- steps ------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -2,17 +2,20 @@
 
 Usage::
 
-    python tools/benchmark.py [--quick] [--sections backbones,detection] [--backbones a,b,c] [--repeats N]
+    mobilevision benchmark [--quick] [--sections backbones,detection,runtimes] [--backbones a,b,c] [--repeats N]
                               [--warmup N] [--threads N] [--device auto|cpu|cuda|cpu,cuda] [--out outputs/benchmark]
                               [--det-size S] [--det-width W] [--det-batch B] [--det-infer-batch 1,8]
+                              [--runtime-models a,b] [--runtime-size S] [--runtime-batch 1,8]
 
-Writes ``benchmark.md`` (every section), one CSV per section (``backbones.csv``, ``detection.csv``) and
+Writes ``benchmark.md`` (every section), one CSV per section (``backbones.csv``, ``detection.csv``,
+``runtimes.csv``) and
 ``latency_vs_madds.png`` to ``--out``, and prints the same tables with rich.
 
 The report is a list of sections, each built by its own function (:func:`backbone_section`: params,
 MAdds, latency of every backbone against torchvision / timm; :func:`detection_section`: images/s of
-SSDLite inference and training steps against torchvision's SSD pipeline) returning a :class:`Section`;
-a new section is one more function in :data:`SECTIONS`.
+SSDLite inference and training steps against torchvision's SSD pipeline; :func:`runtime_section`: torch
+eager vs ONNX Runtime float32 / int8 on the CPU, with the torchvision / timm architecture exported the same
+way) returning a :class:`Section`; a new section is one more function in :data:`SECTIONS`.
 """
 
 from __future__ import annotations
@@ -33,16 +36,16 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .backbones import list_backbones
-from .evaluation.complexity import (
+from ..backbones import list_backbones
+from ..evaluation.complexity import (
     count_madds,
     count_params,
     measure_latency_interleaved,
     spearman,
     time_interleaved,
 )
-from .layers import reparameterize_model
-from .models import create_classifier
+from ..layers import reparameterize_model
+from ..models import create_classifier
 
 #: registered names that are aliases of another row (``efficientnet`` with phi=0 is B0)
 ALIASES = {"efficientnet"}
@@ -420,7 +423,7 @@ def detection_section(args: argparse.Namespace, devices: Sequence[str], out_dir:
                       log: Callable[[str], None] = print) -> Section:
     """SSDLite-MobileNetV2: ours against torchvision's SSD pipeline on the same feature extractor,
     images/s of inference (forward + post-processing) and of a training step, interleaved."""
-    from .models import SSDLite
+    from ..models import SSDLite
 
     size, width, classes = args.det_size, args.det_width, args.det_classes
     torch.manual_seed(0)
@@ -515,6 +518,252 @@ def detection_section(args: argparse.Namespace, devices: Sequence[str], out_dir:
                    notes, after)
 
 
+# -- runtimes section ------------------------------------------------------------------------------
+
+#: models of the runtimes section: name -> label; ``ssdlite`` is SSDLite-MobileNetV2, the rest are classifiers
+RUNTIME_MODELS = {"mobilenet_v2": "MobileNetV2", "mobileone_s0": "MobileOne-S0 (folded)",
+                  "efficientnet_b0": "EfficientNet-B0", "ssdlite": "SSDLite-MobileNetV2"}
+#: CPU flags of the int8 dot-product instructions ONNX Runtime's int8 kernels use when present
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+#: the issue's aims: ORT float32 / torch eager, and our ORT / the reference's ORT
+AIM_ORT_VS_EAGER, AIM_OURS_VS_REF = 0.4, 1.05
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def vnni_line() -> str:
+    flags = cpu_flags()
+    if not flags:
+        return "VNNI: unknown (no /proc/cpuinfo flags)"
+    have = [f for f in VNNI_FLAGS if f in flags]
+    simd = next((f for f in ("avx512f", "avx2", "sse4_1") if f in flags), "none")
+    if have:
+        return f"VNNI: yes ({', '.join(have)}; widest SIMD {simd})"
+    return (f"VNNI: no (neither avx512_vnni nor avx_vnni in the CPU flags; widest SIMD {simd}): ONNX Runtime's "
+            "int8 kernels fall back to multiply-add sequences, so int8 gains less than on a VNNI CPU")
+
+
+def _ort_runner(path: Path, threads: int) -> Callable[[Any], list]:
+    """``x -> outputs`` of an ONNX file on ONNX Runtime's CPU provider: ``threads`` intra-op threads, no thread
+    spinning (as :class:`~mobilevision.deploy.OnnxModel`), denormals as zero (as torch here). Works for any file:
+    the references carry no mobilevision metadata."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
+
+
+class _Decoded(nn.Module):
+    """``decoder(*network(images))``: a deployable detector end to end (boxes, scores)."""
+
+    def __init__(self, network: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.network, self.decoder = network, decoder
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decoder(*self.network(images))
+
+
+class _TorchvisionSSDNetwork(nn.Module):
+    """torchvision's ``SSD`` backbone + ``SSDLiteHead`` without its transform and post-processing:
+    ``{"cls_logits", "bbox_regression"}``, as our SSDLite's network outputs."""
+
+    def __init__(self, ssd: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = ssd.backbone, ssd.head
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.head(list(self.backbone(x).values()))
+
+
+def runtime_models(name: str, args: argparse.Namespace) -> tuple[nn.Module, int, nn.Module, str | None,
+                                                                   nn.Module | None]:
+    """(task, input size, eager module, reference label, reference module) of a runtimes row. The eager module is
+    what the ONNX export holds (:func:`~mobilevision.deploy.deployable`: normalization + folded network [+ box
+    decoder]); the reference is the torchvision / timm architecture behind the same normalization (detection:
+    torchvision's SSD head on a copy of our feature extractor, and our decoder)."""
+    from ..deploy import deployable
+    from ..deploy.graph import NormalizedNetwork
+    from ..tasks import ClassificationTask, DetectionTask
+
+    torch.manual_seed(0)
+    if name == "ssdlite":
+        size = args.det_size
+        task = DetectionTask(backbone="mobilenet_v2", num_classes=args.det_classes, image_size=size,
+                             width=args.det_width).eval()
+        network, decoder = deployable(task)
+        tv = NormalizedNetwork(_TorchvisionSSDNetwork(torchvision_ssd(task.model, size)), detection=True)
+        return (task, size, _Decoded(network, decoder).eval(), "torchvision SSD + SSDLiteHead",
+                _Decoded(tv, decoder).eval())
+    size = args.runtime_size
+    task = ClassificationTask(backbone=name, num_classes=1000, image_size=size).eval()
+    network, _ = deployable(task)
+    ref = reference_model(name, folded=True)
+    if ref is None:
+        return task, size, network, None, None
+    return task, size, network, ref[0], NormalizedNetwork(ref[1].eval(), detection=False).eval()
+
+
+def export_reference(module: nn.Module, size: int, path: Path, opset: int) -> Path:
+    """``torch.onnx.export(dynamo=True)`` of ``module`` with a dynamic batch, as :func:`export_onnx` does ours."""
+    import logging
+    import warnings
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(module, (torch.rand(2, 3, size, size),), path, dynamo=True, dynamic_shapes=({0: batch},),
+                          opset_version=opset, external_data=False, verbose=False)
+    return path
+
+
+def _max_rel_err(got: Sequence[Any], want: Any) -> str:
+    """max |got - want| / max |want| over the outputs (ONNX Runtime arrays against torch tensors), as ``1.2e-07``
+    (the CSV's 4 decimals would round it to 0)."""
+    want = [want] if isinstance(want, torch.Tensor) else list(want)
+    err = max(float(abs(g - w.numpy()).max() / max(float(w.abs().max()), 1e-12)) for g, w in zip(got, want))
+    return f"{err:.1e}"
+
+
+def _runtime_columns() -> list[Column]:
+    return [
+        Column("model", "model"), Column("reference", "reference", _fmt_str), Column("batch", "batch"),
+        Column("resolution", "res"),
+        Column("eager_ms", "eager ms", _fmt_float(2)), Column("ort_ms", "ORT ms", _fmt_float(2)),
+        Column("int8_ms", "ORT int8 ms", _fmt_float(2)),
+        Column("ref_eager_ms", "ref eager ms", _fmt_float(2)), Column("ref_ort_ms", "ref ORT ms", _fmt_float(2)),
+        Column("ort_vs_eager", "ORT/eager", _fmt_float(2)), Column("int8_vs_ort", "int8/ORT", _fmt_float(2)),
+        Column("ours_vs_ref_ort", "ORT ours/ref", _fmt_float(2)),
+        Column("ref_ort_vs_eager", "ref ORT/eager", _fmt_float(2)), Column("runs", "runs"),
+        Column("threads", "threads", csv_only=True),
+        Column("ort_rel_err", "ORT max rel err", _fmt_str, csv_only=True),
+        Column("int8_rel_err", "int8 max rel err", _fmt_str, csv_only=True),
+        Column("ref_ort_rel_err", "ref ORT max rel err", _fmt_str, csv_only=True),
+        *(Column(f"{k}_min_ms", f"{k} min ms", _fmt_float(2), csv_only=True)
+          for k in ("eager", "ort", "int8", "ref_eager", "ref_ort")),
+    ]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def runtime_section(args: argparse.Namespace, devices: Sequence[str], out_dir: Path,
+                    log: Callable[[str], None] = print) -> Section:
+    """torch eager vs ONNX Runtime float32 vs ONNX Runtime int8 (CPU), and the torchvision / timm architecture
+    exported the same way, all timed side by side, for each model of ``--runtime-models`` and batch size."""
+    import tempfile
+
+    import numpy as np
+
+    title, columns = "Runtimes: torch eager vs ONNX Runtime float32 / int8 (CPU)", _runtime_columns()
+    try:
+        import onnxruntime as ort
+        import onnxscript  # noqa: F401 - torch.onnx.export(dynamo=True) needs it
+
+        from ..deploy import export_onnx, read_metadata
+        from ..deploy.quantize import quantize_int8
+    except ImportError as e:
+        log(f"runtimes: skipped ({e}); install onnx, onnxscript and onnxruntime")
+        return Section(title, "runtimes", columns, [], [f"Skipped: {e} (install onnx, onnxscript and onnxruntime)."])
+    threads = torch.get_num_threads()
+    timing = dict(warmup=args.warmup, repeats=args.repeats, time_budget_s=args.time_budget)
+    rows: list[dict[str, Any]] = []
+    opset = None
+    with tempfile.TemporaryDirectory(prefix="mobilevision-runtimes-") as tmp:
+        for name in args.runtime_models:
+            t0 = time.perf_counter()
+            task, size, eager, ref_label, ref = runtime_models(name, args)
+            calib = [np.random.default_rng(i).random((2, 3, size, size), dtype=np.float32) for i in range(2)]
+            f32 = export_onnx(task, Path(tmp, f"{name}.onnx"))
+            int8 = export_onnx(task, Path(tmp, f"{name}_int8.onnx"), quantize=lambda m: quantize_int8(m, calib))
+            opset = read_metadata(f32)["opset"]
+            runs = {"eager": eager, "ort": _ort_runner(f32, threads), "int8": _ort_runner(int8, threads)}
+            if ref is not None:
+                runs.update(ref_eager=ref,
+                            ref_ort=_ort_runner(export_reference(ref, size, Path(tmp, f"{name}_ref.onnx"), opset),
+                                                threads))
+            label = RUNTIME_MODELS[name]
+            log(f"{label} @ {size}: exported float32, int8{' and reference' if ref is not None else ''} ONNX "
+                f"in {time.perf_counter() - t0:.0f} s")
+            for i, batch in enumerate(args.runtime_batch):
+                t0 = time.perf_counter()
+                x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+                xn = x.numpy()
+                fns = {k: functools.partial(fn, x if k.endswith("eager") else xn) for k, fn in runs.items()}
+                row: dict[str, Any] = {"model": label, "reference": ref_label, "batch": batch, "resolution": size,
+                                       "threads": threads}
+                if i == 0:  # the runtimes compute the same thing
+                    with torch.inference_mode():
+                        want = eager(x)
+                        row["ort_rel_err"] = _max_rel_err(fns["ort"](), want)
+                        row["int8_rel_err"] = _max_rel_err(fns["int8"](), want)
+                        if ref is not None:
+                            row["ref_ort_rel_err"] = _max_rel_err(fns["ref_ort"](), ref(x))
+                with torch.inference_mode():
+                    stats = time_interleaved(fns, device="cpu", **timing)
+                for k in runs:
+                    row[f"{k}_ms"], row[f"{k}_min_ms"] = stats[k]["median_ms"], stats[k]["min_ms"]
+                row["runs"] = stats["eager"]["repeats"]
+                row["ort_vs_eager"] = _ratio(row["ort_ms"], row["eager_ms"])
+                row["int8_vs_ort"] = _ratio(row["int8_ms"], row["ort_ms"])
+                row["ours_vs_ref_ort"] = _ratio(row["ort_ms"], row.get("ref_ort_ms"))
+                row["ref_ort_vs_eager"] = _ratio(row.get("ref_ort_ms"), row.get("ref_eager_ms"))
+                rows.append(row)
+                ref_txt = f", ref ORT {row['ref_ort_ms']:.1f} ms" if ref is not None else ""
+                log(f"{label} batch {batch} @ {size}: eager {row['eager_ms']:.1f} ms, ORT {row['ort_ms']:.1f} ms, "
+                    f"int8 {row['int8_ms']:.1f} ms{ref_txt}  [{time.perf_counter() - t0:.0f} s]")
+    sizes = sorted({r["resolution"] for r in rows})
+    notes = [
+        f"CPU: {_cpu_name()}. {vnni_line()}. torch {torch.__version__} with torch.get_num_threads() = {threads}; "
+        f"onnxruntime {ort.__version__} (CPUExecutionProvider, intra-op threads = {threads}, thread spinning off, "
+        f"graph optimizations all); exported with torch.onnx.export(dynamo=True), opset {opset}.",
+        "Random weights, float32 input [B, 3, S, S] in [0, 1]; ImageNet normalization is inside every model. "
+        "`eager`: what the ONNX file holds (`mobilevision.deploy.deployable`: normalization + network, MobileOne "
+        "folded, + box decoding for SSDLite) under `torch.inference_mode`. `ORT`: `mobilevision.deploy.export_onnx` "
+        "of the same task (detection: boxes + scores, no NMS); `ORT int8`: the same with `quantize_int8` (static, "
+        "QDQ, per-channel int8 weights, int8 activations; box decoding stays float), calibrated on random batches "
+        "(latency does not depend on calibration values). `ref`: the torchvision / timm implementation of the same "
+        "architecture behind the same normalization (MobileOne: timm's `reparameterize_model`; SSDLite: "
+        "torchvision's `SSD` backbone + `SSDLiteHead` around a copy of our feature extractor, then our box "
+        "decoder), in eager mode and exported with `torch.onnx.export(dynamo=True)`, same opset, dynamic batch.",
+        f"Sizes: {', '.join(map(str, sizes))} px (`res`); classifiers at --runtime-size, SSDLite at --det-size "
+        f"(width {args.det_width:g}, {args.det_classes} classes). All runtimes of a row alternate run by run "
+        f"(`mobilevision.evaluation.complexity.time_interleaved`), so machine noise hits all alike; median of up "
+        f"to {args.repeats} timed runs after up to {args.warmup} warm-up runs, {args.time_budget:g} s of timed runs "
+        "per row (`runs`). Denormals flushed to zero in both runtimes (`torch.set_flush_denormal`, ORT "
+        "`session.set_denormal_as_zero`), as random-weight activations can otherwise hit x86's slow denormal path.",
+        f"Ratios of medians: `ORT/eager` = ORT float32 / torch eager (aim <= {AIM_ORT_VS_EAGER:g}); `int8/ORT` = "
+        f"int8 / float32; `ORT ours/ref` = our ORT / the reference's ORT (aim <= {AIM_OURS_VS_REF:g}); "
+        "`ref ORT/eager` = the same ratio for the reference. The CSV also has each runtime's max relative "
+        "output error against eager (first batch) and the minimum times.",
+    ]
+    after = []
+    if rows:
+        fast = [r for r in rows if r["ort_vs_eager"] <= AIM_ORT_VS_EAGER]
+        refs = [r for r in rows if r["ours_vs_ref_ort"] is not None]
+        close = [r for r in refs if r["ours_vs_ref_ort"] <= AIM_OURS_VS_REF]
+        after.append(f"ORT/eager <= {AIM_ORT_VS_EAGER:g} in {len(fast)} of {len(rows)} rows; ORT ours/ref <= "
+                     f"{AIM_OURS_VS_REF:g} in {len(close)} of {len(refs)} rows.")
+    return Section(title, "runtimes", columns, rows, notes, after)
+
+
 # -- output ----------------------------------------------------------------------------------------
 
 def _csv_value(v: Any) -> Any:
@@ -576,16 +825,17 @@ def print_section(section: Section, console) -> None:
 # -- CLI -------------------------------------------------------------------------------------------
 
 #: report sections, in report order: name -> function(args, devices, out_dir, log) -> Section
-SECTIONS: dict[str, Callable[..., Section]] = {"backbones": backbone_section, "detection": detection_section}
+SECTIONS: dict[str, Callable[..., Section]] = {"backbones": backbone_section, "detection": detection_section,
+                                              "runtimes": runtime_section}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="mobilevision-benchmark", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="mobilevision benchmark", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help=f"a few backbones ({', '.join(QUICK_BACKBONES)}, unless --backbones), resolution capped at "
-                        f"{QUICK_MAX_RESOLUTION}, detection at 160 px and width 0.5, fewer repeats: a few minutes on 2 "
-                        "CPU cores")
+                        f"{QUICK_MAX_RESOLUTION}, detection at 160 px and width 0.5, runtimes' classifiers at "
+                        f"{QUICK_MAX_RESOLUTION} px, fewer repeats: a few minutes per section on 2 CPU cores")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help=f"comma-separated report sections, of {', '.join(SECTIONS)}")
     p.add_argument("--backbones", default=None, help="comma-separated backbone names (default: every registered one)")
@@ -602,13 +852,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--det-classes", type=int, default=80, help="detection: object classes (without background)")
     p.add_argument("--det-batch", type=int, default=8, help="detection: training-step batch size (at least 2)")
     p.add_argument("--det-infer-batch", default="1,8", help="detection: comma-separated inference batch sizes")
+    p.add_argument("--runtime-models", default=",".join(RUNTIME_MODELS),
+                   help=f"runtimes: comma-separated models, of {', '.join(RUNTIME_MODELS)} (SSDLite at --det-size "
+                        "and --det-width)")
+    p.add_argument("--runtime-size", type=int, default=None,
+                   help="runtimes: classifier input size (default 224, --quick 160)")
+    p.add_argument("--runtime-batch", default="1,8", help="runtimes: comma-separated batch sizes")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--device", default="auto",
                    help="cpu, cuda, or cpu,cuda; auto = cpu, plus cuda when available")
     p.add_argument("--out", type=Path, default=Path("outputs/benchmark"), help="output directory")
     args = p.parse_args(None if argv is None else [str(a) for a in argv])
     defaults = {"repeats": (50, 10), "warmup": (5, 2), "time_budget": (15.0, 3.0),
-                "max_resolution": (None, QUICK_MAX_RESOLUTION), "det_size": (320, 160), "det_width": (1.0, 0.5)}
+                "max_resolution": (None, QUICK_MAX_RESOLUTION), "det_size": (320, 160), "det_width": (1.0, 0.5),
+                "runtime_size": (224, QUICK_MAX_RESOLUTION)}
     for key, (full, quick) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
@@ -620,6 +877,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.det_infer_batch = [int(b) for b in str(args.det_infer_batch).split(",") if b.strip()]
     if args.det_batch < 2 or any(b < 1 for b in args.det_infer_batch):
         p.error("--det-batch must be >= 2 (batch norm on the 1x1 extra maps) and --det-infer-batch >= 1")
+    args.runtime_models = [x.strip() for x in args.runtime_models.split(",") if x.strip()]
+    if not args.runtime_models or set(args.runtime_models) - set(RUNTIME_MODELS):
+        p.error(f"--runtime-models: expected a comma-separated subset of {', '.join(RUNTIME_MODELS)}, "
+                f"got {args.runtime_models}")
+    args.runtime_batch = [int(b) for b in str(args.runtime_batch).split(",") if b.strip()]
+    if not args.runtime_batch or any(b < 1 for b in args.runtime_batch) or args.runtime_size < 32:
+        p.error("--runtime-batch must be positive batch sizes and --runtime-size >= 32")
     return args
 
 

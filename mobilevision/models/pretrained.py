@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import torch
 
 if TYPE_CHECKING:
-    from ..models.classifier import ImageClassifier
+    from .classifier import ImageClassifier
 
 __all__ = ["load_pretrained"]
 

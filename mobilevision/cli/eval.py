@@ -1,12 +1,12 @@
-"""``tools/eval.py``: evaluation entry point, one subcommand per task.
+"""``mobilevision eval``: evaluation entry point, one subcommand per task.
 
-    python tools/eval.py coco --annotations GT.json --results DT.json [--json-out stats.json]
+    mobilevision eval coco --annotations GT.json --results DT.json [--json-out stats.json]
                               [--backend pycocotools|faster_coco_eval] [--per-category]
-    python tools/eval.py classification --checkpoint CKPT [--data-dataset NAME] [--data-root DIR]
+    mobilevision eval classification --checkpoint CKPT [--data-dataset NAME] [--data-root DIR]
                               [--json-out stats.json] [--confusion-png cm.png] [--per-class]
-    python tools/eval.py geolocalization --predictions P.csv --ground-truth G.csv [--json-out stats.json]
+    mobilevision eval geolocalization --predictions P.csv --ground-truth G.csv [--json-out stats.json]
                               [--error-map map.png] [--no-reference]
-    python tools/eval.py geolocalization --checkpoint CKPT [--data-file LIST.csv] [--json-out stats.json]
+    mobilevision eval geolocalization --checkpoint CKPT [--data-file LIST.csv] [--json-out stats.json]
                               [--error-map map.png] [--predictions-out P.csv] [--cell-location center|mean]
 
 Each subcommand is registered by an ``_add_<task>_parser(subparsers)`` function that sets
@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from . import report_errors
 
 __all__ = ["build_parser", "main"]
 
@@ -49,7 +50,7 @@ def _eval_trainer():
 
 # ------------------------------------------------------------------------------------ coco ----
 def _add_coco_parser(subparsers: argparse._SubParsersAction) -> None:
-    from .evaluation.coco import BACKENDS
+    from ..evaluation.coco import BACKENDS
 
     p = subparsers.add_parser(
         "coco",
@@ -77,7 +78,7 @@ def _print_coco(stats: dict, per_category: bool, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .evaluation.coco import STAT_DESCRIPTIONS, STAT_KEYS
+    from ..evaluation.coco import STAT_DESCRIPTIONS, STAT_KEYS
 
     console = Console()
     table = Table(title=title)
@@ -102,8 +103,8 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> dict:
 
     The classes are the checkpoint's own (``label_to_category_id``, ``category_names``); the evaluated
     file's categories are matched to them by name, so it may number them differently."""
-    from .data import CocoDetectionDataModule
-    from .tasks import DetectionTask, load_task
+    from ..data import CocoDetectionDataModule
+    from ..tasks import DetectionTask, load_task
 
     task, ckpt = load_task(args.checkpoint, DetectionTask)
     data_args = _checkpoint_data_args(ckpt, args)
@@ -141,8 +142,8 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> dict:
 def _draw_predictions(task, dm, path: Path, count: int) -> None:
     import torch
 
-    from .evaluation.coco import scale_boxes
-    from .evaluation.visualize import draw_detections
+    from ..evaluation.coco import scale_boxes
+    from ..evaluation.visualize import draw_detections
 
     dataset = dm.val_dataset
     count = min(count, len(dataset))
@@ -158,7 +159,7 @@ def _draw_predictions(task, dm, path: Path, count: int) -> None:
 
 
 def _run_coco(args: argparse.Namespace) -> int:
-    from .evaluation.coco import evaluate_results_file
+    from ..evaluation.coco import evaluate_results_file
 
     if args.checkpoint is not None:
         stats = _evaluate_checkpoint(args)
@@ -225,8 +226,8 @@ def _print_classification(stats: dict, per_class: bool, title: str) -> None:
 
 
 def _evaluate_classification_checkpoint(args: argparse.Namespace) -> tuple[dict, str]:
-    from .data.classification import ClassificationDataModule
-    from .tasks import ClassificationTask, load_task
+    from ..data.classification import ClassificationDataModule
+    from ..tasks import ClassificationTask, load_task
 
     task, ckpt = load_task(args.checkpoint, ClassificationTask)
     data_args = _checkpoint_data_args(ckpt, args)
@@ -256,7 +257,7 @@ def _evaluate_classification_checkpoint(args: argparse.Namespace) -> tuple[dict,
 
 
 def _run_classification(args: argparse.Namespace) -> int:
-    from .evaluation.classification import save_confusion_matrix_png, save_metrics_json
+    from ..evaluation.classification import save_confusion_matrix_png, save_metrics_json
 
     stats, where = _evaluate_classification_checkpoint(args)
     print(f"classification evaluation of {args.checkpoint} on {where}")
@@ -317,10 +318,10 @@ def _evaluate_geolocalization_checkpoint(args: argparse.Namespace):
     import numpy as np
     import torch
 
-    from .data.geolocalization import GeolocalizationDataModule
-    from .evaluation.geolocalization import MatchedLocations, geo_metrics
-    from .geo.distance import haversine_km
-    from .tasks import GeolocalizationTask, load_task
+    from ..data.geolocalization import GeolocalizationDataModule
+    from ..evaluation.geolocalization import MatchedLocations, geo_metrics
+    from ..geo.distance import haversine_km
+    from ..tasks import GeolocalizationTask, load_task
 
     if args.ground_truth is not None:
         raise ValueError("--ground-truth goes with --predictions; with --checkpoint use --data-file")
@@ -360,7 +361,7 @@ def _evaluate_geolocalization_checkpoint(args: argparse.Namespace):
 
 
 def _run_geolocalization(args: argparse.Namespace) -> int:
-    from .evaluation.geolocalization import (
+    from ..evaluation.geolocalization import (
         match_prediction_csvs,
         print_geo_table,
         save_error_map,
@@ -396,7 +397,7 @@ _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tools/eval.py", description="mobilevision evaluation")
+    parser = argparse.ArgumentParser(prog="mobilevision eval", description="mobilevision evaluation")
     subparsers = parser.add_subparsers(dest="task", metavar="TASK", required=True)
     for add in _SUBCOMMANDS:
         add(subparsers)
@@ -410,11 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stderr and return 2.
     """
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return report_errors(args.func, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

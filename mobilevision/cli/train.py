@@ -1,7 +1,7 @@
-"""``tools/train.py``: LightningCLI with task shortcuts.
+"""``mobilevision train``: LightningCLI with task shortcuts.
 
-``tools/train.py --task ssdlite --backbone mobilenet_v2`` is short for
-``tools/train.py fit --config configs/ssdlite/shapes.yaml --model.init_args.backbone mobilenet_v2``:
+``mobilevision train --task ssdlite --backbone mobilenet_v2`` is short for
+``mobilevision train fit --config configs/ssdlite/shapes.yaml --model.init_args.backbone mobilenet_v2``:
 ``--task`` picks the LightningModule / data module pair and, unless ``--config`` is given, the task's
 default config (on the embedded dataset); ``--backbone`` sets the model's backbone; the subcommand
 defaults to ``fit``. Everything else is plain LightningCLI (``fit``, ``validate``, ``test``,
@@ -20,14 +20,14 @@ from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.callbacks import LearningRateMonitor, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from .data.classification import ClassificationDataModule
-from .data.detection_datamodule import CocoDetectionDataModule
-from .data.geolocalization import GeolocalizationDataModule
-from .tasks import ClassificationTask, DetectionTask, GeolocalizationTask
-from .tasks._progress import TrainingProgressBar
-from .tasks.checkpoint import TrainingCheckpoint
+from ..data.classification import ClassificationDataModule
+from ..data.detection_datamodule import CocoDetectionDataModule
+from ..data.geolocalization import GeolocalizationDataModule
+from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask
+from ..tasks._progress import TrainingProgressBar
+from ..tasks.checkpoint import TrainingCheckpoint
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 

@@ -1,0 +1,67 @@
+"""The ``mobilevision`` command (also ``python -m mobilevision``): one subcommand per module of this package.
+
+    mobilevision train      --task ssdlite --backbone mobilenet_v2 [LightningCLI arguments]   (cli/train.py)
+    mobilevision eval       coco|classification|geolocalization ...                           (cli/eval.py)
+    mobilevision predict    --model CKPT_OR_ONNX --source PATH [PATH ...] --output DIR       (cli/predict.py)
+    mobilevision export     --checkpoint CKPT --output model.onnx [--nms] [--int8 ...]       (cli/export.py)
+    mobilevision benchmark  [--quick] [--sections ...]                                      (cli/benchmark.py)
+
+``mobilevision SUBCOMMAND --help`` describes each. Each module has ``main(argv)``; importing this package loads
+none of them (torch is imported only by the subcommand that runs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any, Callable, Sequence
+
+__all__ = ["SUBCOMMANDS", "main", "report_errors"]
+
+#: subcommand -> (module of this package, one-line help)
+SUBCOMMANDS = {
+    "train": ("train", "train / validate / test a task (LightningCLI with --task and --backbone shortcuts)"),
+    "eval": ("eval", "score a checkpoint or a predictions file: COCO mAP, top-1/top-5, km accuracy"),
+    "predict": ("predict", "run a checkpoint or an ONNX file on images, folders, globs and videos"),
+    "export": ("export", "export a checkpoint to ONNX (optionally int8), checked against ONNX Runtime"),
+    "benchmark": ("benchmark", "params, MAdds and latency of the backbones, detectors and runtimes"),
+    "select": ("select", "the most accurate network within a latency budget, measured on this machine"),
+}
+
+
+def report_errors(run: Callable[[Any], int | None], args: Any) -> int:
+    """``run(args)``'s exit code; a missing file or invalid input (``FileNotFoundError`` / ``ValueError``, whose
+    messages name the file and the problem) prints ``error: ...`` to stderr and gives 2."""
+    try:
+        return int(run(args) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["usage: mobilevision SUBCOMMAND [ARGS ...]", "", "subcommands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines += ["", "mobilevision SUBCOMMAND --help: the arguments of one subcommand"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mobilevision ARGV``; return the exit code."""
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"mobilevision: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"{__name__}.{SUBCOMMANDS[name][0]}")
+    if from_command_line:  # LightningCLI (train) reads sys.argv itself
+        sys.argv = [f"mobilevision {name}", *rest]
+        result = module.main()
+    else:
+        result = module.main(rest)
+    return result if isinstance(result, int) else 0

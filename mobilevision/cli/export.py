@@ -1,0 +1,181 @@
+"""``mobilevision export``: a checkpoint as an ONNX file that ``mobilevision predict`` (or any ONNX runtime) runs.
+
+    mobilevision export --checkpoint CKPT --output model.onnx [--opset N] [--batch dynamic|N] [--nms]
+                        [--int8 --calibration DIR [--calibration-size N]] [--eval-batches N]
+
+The graph takes float32 NCHW RGB in [0, 1] at the training resolution (normalization inside; MobileOne folded)
+and carries its metadata (task, classes, category ids, cell locations). After writing, the file is run with ONNX
+Runtime next to the checkpoint under torch and the largest differences are printed (a failed check is an error).
+With ``--int8`` the output is the int8 model (static QDQ quantization calibrated on the images of ``DIR``), the
+float one is written next to it (``NAME_fp32.onnx``), and both are scored on the checkpoint's validation data
+(top-1, mAP or km accuracy) and timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import report_errors
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mobilevision export", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a mobilevision training checkpoint (.ckpt)")
+    p.add_argument("--output", type=Path, required=True, help="the ONNX file to write")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--batch", default="dynamic", help="'dynamic' or a fixed batch size")
+    p.add_argument("--nms", action="store_true",
+                   help="detection: class-wise NMS inside the graph; outputs detections [B, max_det, 6] "
+                        "(x1, y1, x2, y2, score, label) and num_detections [B]")
+    p.add_argument("--int8", action="store_true", help="int8 static quantization (QDQ, per-channel weights)")
+    p.add_argument("--calibration", type=Path, help="with --int8: folder of representative images")
+    p.add_argument("--calibration-size", type=int, default=256, help="with --int8: images used for calibration")
+    p.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--reduce-range", action="store_true",
+                   help="with --int8: 7-bit weights, for x86 CPUs without VNNI (AVX2 only), where 8-bit can saturate")
+    p.add_argument("--eval-batches", type=int, default=None,
+                   help="with --int8: validation batches scored (default: the whole validation split)")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size of calibration and evaluation")
+    return p
+
+
+def _calibration_batches(predictor, folder: Path, count: int, batch_size: int):
+    """Preprocessed batches of up to ``count`` images of ``folder`` (recursive, sorted; unreadable files skipped)."""
+    import numpy as np
+
+    from ..data.sources import iter_sources, resolve_sources
+
+    batch = []
+    used = 0
+    for item in iter_sources(resolve_sources([folder])):
+        if used >= count:
+            break
+        if item.image is None:
+            continue
+        batch.append(predictor.preprocess(item.image))
+        used += 1
+        if len(batch) == batch_size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def _check_parity(predictor, model, nms: bool) -> str:
+    """Run the checkpoint (torch) and the ONNX file on the same random batch of 3; raise if they disagree."""
+    import numpy as np
+
+    h, w = predictor.image_size
+    x = np.random.default_rng(0).random((3, 3, h, w), dtype=np.float32)
+    ours = {k: v.numpy() for k, v in predictor.outputs(x).items()}
+    theirs = model(x) if not nms else None
+    if nms:  # compare the final detections
+        sizes = [(h, w)] * 3
+        a = predictor.run(x, sizes)
+        from ..deploy import Predictor
+
+        b = Predictor(model.path, score_thresh=predictor.score_thresh).run(x, sizes)
+        worst = 0.0
+        for da, db in zip(a, b):
+            if len(da["scores"]) != len(db["scores"]):
+                raise ValueError(f"ONNX Runtime finds {len(db['scores'])} detections, torch {len(da['scores'])}")
+            if len(da["scores"]):
+                worst = max(worst, float(np.abs(np.sort(da["scores"]) - np.sort(db["scores"])).max()))
+        if worst > 1e-3:
+            raise ValueError(f"ONNX Runtime and torch disagree: scores differ by up to {worst:.2e}")
+        return f"ONNX Runtime vs torch on 3 random inputs: same detection counts, scores within {worst:.1e}"
+    parts = []
+    for name, ref in ours.items():
+        diff = float(np.abs(theirs[name] - ref).max())
+        scale = float(np.abs(ref).max()) or 1.0
+        parts.append(f"{name} max |diff| {diff:.1e} (scale {scale:.2g})")
+        if diff > 1e-3 * max(scale, 1.0):
+            raise ValueError(f"ONNX Runtime and torch disagree on {name}: max |diff| {diff:.3g} at scale {scale:.3g}")
+    return "ONNX Runtime vs torch on 3 random inputs: " + ", ".join(parts)
+
+
+def _headline(kind: str, stats: dict) -> dict[str, float]:
+    if kind == "classification":
+        return {"top1": stats["acc1"], "top5": stats["acc5"]}
+    if kind == "detection":
+        return {"AP": stats["AP"], "AP50": stats["AP50"]}
+    return {"acc_750km": stats["acc_750km"], "acc_2500km": stats["acc_2500km"], "median_km": stats["median_km"]}
+
+
+def _compare_int8(task, ckpt, float_path: Path, int8_path: Path, args) -> list[dict]:
+    """Score and time the float32 and int8 files; print and return one row each."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..deploy import OnnxModel, Predictor, task_kind
+    from ..deploy.evaluate import datamodule_of, evaluate_predictor, onnx_latency_ms
+
+    console = Console()
+    try:
+        dm = datamodule_of(task, ckpt, args.batch_size)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        console.print(f"accuracy not measured: the checkpoint's validation data is not available ({e})",
+                      markup=False)
+        dm = None
+    rows = []
+    for name, path in (("float32", float_path), ("int8", int8_path)):
+        median, p90 = onnx_latency_ms(OnnxModel(path))
+        row = {"model": name, "latency_ms": median, "latency_p90_ms": p90, "size_mb": path.stat().st_size / 1e6}
+        if dm is not None:
+            t = time.perf_counter()
+            row.update(_headline(task_kind(task), evaluate_predictor(Predictor(path), dm, args.eval_batches)))
+            console.print(f"scored {name} on the validation split in {time.perf_counter() - t:.0f} s", markup=False)
+        rows.append(row)
+    table = Table(title="float32 vs int8 (accuracy: validation split; latency: ONNX Runtime, batch 1)")
+    for key in rows[0]:
+        table.add_column(key, justify="left" if key == "model" else "right")
+    for row in rows:
+        table.add_row(*(v if isinstance(v, str) else f"{v:.4g}" for v in row.values()))
+    console.print(table)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return report_errors(_run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..deploy import OnnxModel, Predictor, export_onnx, load_any_task
+    from ..deploy.quantize import quantize_int8
+
+    if args.int8 and args.calibration is None:
+        raise ValueError("--int8 needs --calibration DIR (representative images)")
+    if args.calibration is not None and not args.calibration.is_dir():
+        raise FileNotFoundError(f"calibration folder {args.calibration} does not exist")
+    if args.output.suffix.lower() != ".onnx":
+        raise ValueError(f"--output must be an .onnx file, got {args.output}")
+    task, ckpt = load_any_task(args.checkpoint)
+    predictor = Predictor(args.checkpoint)
+    kind = predictor.kind
+    print(f"exporting {kind} model ({task.hparams.backbone}, input {predictor.image_size[0]}x"
+          f"{predictor.image_size[1]}) from {args.checkpoint}")
+    t = time.perf_counter()
+    float_path = args.output.with_name(args.output.stem + "_fp32.onnx") if args.int8 else args.output
+    export_onnx(task, float_path, ckpt=ckpt, opset=args.opset, batch=args.batch, nms=args.nms)
+    print(f"wrote {float_path} in {time.perf_counter() - t:.1f} s")
+    print(_check_parity(predictor, OnnxModel(float_path), args.nms))
+    if not args.int8:
+        return 0
+    batches = list(_calibration_batches(predictor, args.calibration, args.calibration_size, args.batch_size))
+    if not batches:
+        raise ValueError(f"no readable image in calibration folder {args.calibration}")
+    print(f"calibrating int8 on {sum(len(b) for b in batches)} images of {args.calibration}")
+    t = time.perf_counter()
+    export_onnx(task, args.output, ckpt=ckpt, opset=args.opset, batch=args.batch, nms=args.nms,
+                quantize=lambda m: quantize_int8(m, batches, method=args.calibration_method,
+                                                  reduce_range=args.reduce_range))
+    print(f"wrote {args.output} (int8) in {time.perf_counter() - t:.1f} s")
+    _compare_int8(task, ckpt, float_path, args.output, args)
+    return 0

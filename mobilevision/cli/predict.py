@@ -1,0 +1,328 @@
+"""``mobilevision predict``: run a checkpoint or an ONNX file on images, folders, glob patterns and videos.
+
+    mobilevision predict --model CKPT_OR_ONNX --source PATH [PATH ...] --output DIR [--batch-size 8]
+                         [--score-thresh 0.25] [--vid-stride 1] [--device cpu|cuda[:N]] [--threads N] [--quiet]
+
+Sources (:mod:`mobilevision.data.sources`): image files, folders (recursive; hidden files and folders skipped),
+glob patterns (quote them: expanded here, ``**`` included) and videos (OpenCV, streamed; ``--vid-stride K`` keeps
+frames 0, K, 2K, ...). Each file is known by its path relative to the folder (or fixed part of the pattern) it was
+found under. What is written under ``DIR`` depends on the model's task:
+
+* detection: ``predictions.json``, COCO results (``image_id``, ``category_id`` the dataset's id, ``bbox`` [x, y, w,
+  h] in the original image's pixels, ``score``) plus ``file_name``, ``category_name`` and for video frames
+  ``frame``; image ids are 1, 2, ... in source order (one per image or kept frame). ``images.json``: those ids
+  with ``file_name``, ``width``, ``height`` (displayed orientation) and ``frame``, and the categories: a COCO
+  skeleton for ``COCO().loadRes``. The drawn images under ``DIR/images/<name>``, a drawn video as
+  ``DIR/<name without extension>_pred.mp4`` (mp4v, at the kept frames' rate). Only detections scoring at least
+  ``--score-thresh`` (default 0.25) are written and drawn;
+* classification: ``predictions.csv`` with ``file,frame,label,score,top1,top1_score,...,top5,top5_score`` (class
+  names; ``frame`` empty for images);
+* geolocalization: ``predictions.csv`` with ``image_id,latitude,longitude,cell,prob,frame`` (``image_id`` the file's
+  name, ``name#frame`` for a video frame; ``cell`` the S2 token of the best cell and ``prob`` its probability),
+  readable by ``mobilevision eval geolocalization --predictions``, and ``map.png``, the predicted points.
+
+Files that cannot be read or decoded are skipped and named in the summary at the end (also in ``DIR/skipped.txt``);
+the exit code stays 0 as long as something was predicted. A missing source, sources without any image or video,
+a missing model or ``--device cuda`` without CUDA print ``error: ...`` before any work and return 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import report_errors
+
+__all__ = ["DEFAULT_SCORE_THRESH", "build_parser", "main"]
+
+#: Detections scoring below this are neither written nor drawn (``--score-thresh``).
+DEFAULT_SCORE_THRESH = 0.25
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mobilevision predict",
+        description="Run a mobilevision checkpoint (.ckpt, PyTorch) or ONNX file (ONNX Runtime) on images, folders, "
+        "glob patterns and videos, and write the predictions (detection: COCO results JSON and drawn images / "
+        "videos; classification: CSV; geolocalization: CSV and a world map) under --output.")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint (.ckpt) or exported model (.onnx)")
+    p.add_argument("--source", nargs="+", required=True, metavar="PATH",
+                   help="images, folders (recursive), quoted glob patterns or videos")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR", help="folder for the outputs (created)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    p.add_argument("--score-thresh", type=float, default=DEFAULT_SCORE_THRESH,
+                   help=f"detection: lowest score written and drawn (default: {DEFAULT_SCORE_THRESH}); an ONNX "
+                   "file exported with --nms cannot go below its own threshold")
+    p.add_argument("--vid-stride", type=int, default=1, metavar="K", help="videos: every K-th frame (default: 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the runtime (default: its choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.vid_stride < 1:
+        raise ValueError(f"--vid-stride must be >= 1, got {args.vid_stride}")
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise ValueError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: CUDA is not available on this machine "
+                             "(torch.cuda.is_available() is False); use --device cpu")
+        index = int(args.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if not args.model.is_file():
+        raise FileNotFoundError(f"--model {args.model} does not exist")
+
+
+# ------------------------------------------------------------------------------------ writers ----
+class _VideoSink:
+    """Drawn frames -> ``DIR/<name>_pred.mp4``, one open writer at a time (the sources come file by file)."""
+
+    def __init__(self, out: Path, stride: int) -> None:
+        self.out, self.stride = out, stride
+        self.file: Any = None
+        self.writer: Any = None
+        self.size: tuple[int, int] = (0, 0)
+        self.paths: list[Path] = []
+
+    def write(self, file: Any, rgb: np.ndarray) -> None:
+        import cv2
+
+        from ..data.sources import probe_video
+
+        if file != self.file:
+            self.close()
+            info = probe_video(file.path)
+            fps = (info.fps if info and info.fps > 0 else 25.0) / self.stride
+            path = self.out / f"{file.name[: len(file.name) - len(Path(file.name).suffix)]}_pred.mp4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.size = (rgb.shape[1], rgb.shape[0])
+            self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, self.size)
+            if not self.writer.isOpened():
+                raise ValueError(f"OpenCV cannot write {path} (mp4v)")
+            self.file = file
+            self.paths.append(path)
+        if (rgb.shape[1], rgb.shape[0]) != self.size:
+            rgb = cv2.resize(rgb, self.size)
+        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+        self.file = self.writer = None
+
+
+class _DetectionWriter:
+    def __init__(self, out: Path, predictor: Any, stride: int) -> None:
+        self.out, self.meta = out, predictor.meta
+        self.records: list[dict[str, Any]] = []
+        self.images: list[dict[str, Any]] = []
+        self.video = _VideoSink(out, stride)
+        self.drawn = 0
+
+    def add(self, item: Any, result: dict[str, Any]) -> None:
+        from PIL import Image
+
+        from ..data.image_io import IMAGE_EXTENSIONS
+        from ..evaluation.visualize import draw_boxes
+
+        image_id = len(self.images) + 1
+        h, w = item.image.shape[:2]
+        entry: dict[str, Any] = {"id": image_id, "file_name": item.file.name, "width": w, "height": h}
+        extra = {} if item.frame is None else {"frame": item.frame}
+        self.images.append({**entry, **extra})
+        boxes, scores = result["boxes"], result["scores"]
+        for (x1, y1, x2, y2), s, c, name in zip(boxes.tolist(), scores.tolist(), result["category_ids"].tolist(),
+                                                result["names"]):
+            self.records.append({"image_id": image_id, "category_id": int(c),
+                                 "bbox": [round(x1, 4), round(y1, 4), round(x2 - x1, 4), round(y2 - y1, 4)],
+                                 "score": round(s, 5), "category_name": name, "file_name": item.file.name, **extra})
+        drawn = draw_boxes(item.image, boxes, result["labels"],
+                           [f"{n} {s:.2f}" for n, s in zip(result["names"], scores.tolist())])
+        if item.frame is not None:
+            self.video.write(item.file, drawn)
+            return
+        path = self.out / "images" / item.file.name
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            path = path.with_name(path.name + ".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(drawn).save(path, quality=95)
+        self.drawn += 1
+
+    def close(self) -> list[str]:
+        self.video.close()
+        names, lut = self.meta.get("class_names") or [], self.meta.get("label_to_category_id")
+        categories = [{"id": int(lut[i]) if lut else i, "name": n} for i, n in enumerate(names)]
+        (self.out / "predictions.json").write_text(json.dumps(self.records) + "\n")
+        (self.out / "images.json").write_text(json.dumps({"images": self.images, "categories": categories}) + "\n")
+        wrote = [f"{self.out / 'predictions.json'} ({len(self.records)} detections)", str(self.out / "images.json")]
+        if self.drawn:
+            wrote.append(f"{self.drawn} drawn image(s) under {self.out / 'images'}")
+        return wrote + [str(p) for p in self.video.paths]
+
+
+class _CsvWriter:
+    """Rows streamed to ``DIR/predictions.csv`` (the csv module quotes names with commas)."""
+
+    def __init__(self, out: Path, header: list[str]) -> None:
+        self.path = out / "predictions.csv"
+        self.f = open(self.path, "w", newline="", encoding="utf-8")
+        self.csv = csv.writer(self.f)
+        self.csv.writerow(header)
+        self.rows = 0
+
+    def row(self, values: list[Any]) -> None:
+        self.csv.writerow(values)
+        self.rows += 1
+
+    def close(self) -> list[str]:
+        self.f.close()
+        return [f"{self.path} ({self.rows} rows)"]
+
+
+class _ClassificationWriter(_CsvWriter):
+    def __init__(self, out: Path, predictor: Any, stride: int) -> None:
+        self.k = min(5, max(1, len(predictor.meta.get("class_names") or [])))
+        top = [c for i in range(1, self.k + 1) for c in (f"top{i}", f"top{i}_score")]
+        super().__init__(out, ["file", "frame", "label", "score", *top])
+
+    def add(self, item: Any, result: dict[str, Any]) -> None:
+        top = [v for _, name, score in result["top5"][: self.k] for v in (name, f"{score:.6f}")]
+        self.row([item.file.name, "" if item.frame is None else item.frame, result["name"],
+                  f"{result['score']:.6f}", *top])
+
+
+class _GeolocalizationWriter(_CsvWriter):
+    def __init__(self, out: Path, predictor: Any, stride: int) -> None:
+        super().__init__(out, ["image_id", "latitude", "longitude", "cell", "prob", "frame"])
+        self.out, self.points = out, []
+
+    def add(self, item: Any, result: dict[str, Any]) -> None:
+        name = item.file.name if item.frame is None else f"{item.file.name}#{item.frame}"
+        self.row([name, f"{result['latitude']:.6f}", f"{result['longitude']:.6f}", result["cell_token"],
+                  f"{result['prob']:.6f}", "" if item.frame is None else item.frame])
+        self.points.append((result["latitude"], result["longitude"], result["prob"]))
+
+    def close(self) -> list[str]:
+        from ..evaluation.visualize import save_location_map
+
+        wrote = super().close()
+        if self.points:
+            lat, lon, prob = np.asarray(self.points).T
+            wrote.append(str(save_location_map(lat, lon, self.out / "map.png", prob=prob)))
+        return wrote
+
+
+_WRITERS = {"detection": _DetectionWriter, "classification": _ClassificationWriter,
+            "geolocalization": _GeolocalizationWriter}
+
+
+# ---------------------------------------------------------------------------------------- run ----
+def _expected_items(files: Sequence[Any], stride: int) -> int:
+    """Images plus the kept frames of the videos (as their containers count them), for the progress bar."""
+    from ..data.sources import probe_video
+
+    total = 0
+    for f in files:
+        info = probe_video(f.path) if f.video else None
+        total += math.ceil(info.frames / stride) if info and info.frames else 1
+    return total
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..data.sources import iter_sources, resolve_sources
+    from ..deploy.predictor import Predictor
+
+    _check_args(args)
+    files = resolve_sources(args.source, exclude=[args.output])  # not the outputs of an earlier run
+    console = Console(stderr=True, soft_wrap=True)
+    start = time.perf_counter()
+    predictor = Predictor(args.model, device=args.device, score_thresh=args.score_thresh, threads=args.threads)
+    if args.threads and predictor.onnx is None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    args.output.mkdir(parents=True, exist_ok=True)
+    writer = _WRITERS[predictor.kind](args.output, predictor, args.vid_stride)
+    skipped: list[tuple[str, str]] = []
+    counts = {"images": 0, "frames": 0}
+    batch: list[Any] = []
+
+    def flush() -> None:
+        for item, result in zip(batch, predictor([it.image for it in batch])):
+            writer.add(item, result)
+            counts["images" if item.frame is None else "frames"] += 1
+        progress.advance(task, len(batch))
+        batch.clear()
+
+    columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("images/frames"),
+               TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, disable=args.quiet) as progress:
+            task = progress.add_task("predict", total=_expected_items(files, args.vid_stride))
+            for item in iter_sources(files, args.vid_stride):
+                if item.error is not None:
+                    skipped.append((str(item.file.path), item.error))
+                    progress.advance(task)
+                    continue
+                batch.append(item)
+                if len(batch) >= args.batch_size:
+                    flush()
+            if batch:
+                flush()
+    finally:
+        wrote = writer.close()
+    seconds = time.perf_counter() - start
+    done = counts["images"] + counts["frames"]
+    videos = sum(f.video for f in files)
+    what = f"{counts['images']} image(s)" + (f" and {counts['frames']} frame(s) of {videos} video(s)" if videos else "")
+    lines = [f"predicted {what} with {args.model} [{predictor.kind}, {predictor.runtime}] in {seconds:.1f} s"]
+    if predictor.kind == "detection":
+        lines[0] += f", score >= {predictor.score_thresh:g}"
+        if predictor.meta.get("nms") and args.score_thresh < float(predictor.meta.get("score_thresh", 0.0)):
+            lines.append(f"note: {args.model} has NMS inside with score threshold {predictor.meta['score_thresh']:g}; "
+                         f"--score-thresh {args.score_thresh:g} cannot go below it")
+    lines += [f"wrote {w}" for w in wrote]
+    if skipped:
+        path = args.output / "skipped.txt"
+        path.write_text("".join(f"{f}\t{why}\n" for f, why in skipped))
+        lines.append(f"skipped {len(skipped)} file(s) that could not be read (listed in {path}):")
+        lines += [f"  {why}" if f in why else f"  {f}: {why}" for f, why in skipped[:20]]
+        if len(skipped) > 20:
+            lines.append(f"  ... and {len(skipped) - 20} more")
+    console.print("\n".join(lines), markup=False, highlight=False)
+    if not done:
+        raise ValueError(f"none of the {len(files)} file(s) could be read: nothing was predicted")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), predict, return the exit code (2 after ``error: ...``)."""
+    args = build_parser().parse_args(argv)
+    return report_errors(run, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Accuracy and latency of a deployable model (checkpoint under torch, ONNX file float32 or int8) on the
+checkpoint's own validation data, through the same metrics as training: top-1 / top-5, COCO mAP, km accuracy."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from pytorch_lightning import LightningDataModule
+
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .predictor import Predictor
+
+__all__ = ["datamodule_of", "evaluate_predictor", "onnx_latency_ms"]
+
+
+def datamodule_of(task, ckpt: dict[str, Any], batch_size: int = 32) -> LightningDataModule:
+    """The validation data a checkpoint was trained with (its ``datamodule_hyper_parameters``), set up."""
+    from ..data.classification import ClassificationDataModule
+    from ..data.detection_datamodule import CocoDetectionDataModule
+    from ..data.geolocalization import GeolocalizationDataModule
+    from .graph import task_kind
+
+    args = {k: v for k, v in (ckpt.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
+    if not args:
+        raise ValueError("the checkpoint records no data module (trained outside `mobilevision train`?): "
+                         "no validation data to measure accuracy on")
+    args.update(batch_size=batch_size, cache_images=False, num_workers=0)
+    kind = task_kind(task)
+    if kind == "detection":
+        dm = CocoDetectionDataModule(**args)
+        if task.hparams.label_to_category_id:
+            dm.use_categories(list(task.hparams.label_to_category_id), task.hparams.category_names)
+    elif kind == "classification":
+        dm = ClassificationDataModule(**args)
+    else:
+        dm = GeolocalizationDataModule(**args)
+        dm.use_partition(task.partition)
+    dm.setup("validate")
+    return dm
+
+
+def _unnormalize(images: torch.Tensor) -> np.ndarray:
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images.float() * std + mean).numpy()
+
+
+def evaluate_predictor(predictor: Predictor, dm: LightningDataModule, max_batches: int | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run ``predictor`` over ``dm``'s validation loader (images un-normalized back to [0, 1], the exported
+    input) and score it: ``acc1`` / ``acc5`` (classification), the 12 COCO stats (detection, ``AP``,
+    ``AP50``, ...) or ``acc_{1,25,200,750,2500}km`` and ``median_km`` (geolocalization)."""
+    from ..evaluation.classification import classification_metrics, summarize_metrics
+    from ..evaluation.coco import COCOEvaluator
+    from ..evaluation.geolocalization import GeoAccuracy
+
+    kind = predictor.kind
+    loader = dm.val_dataloader()
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    if kind == "classification":
+        metrics = classification_metrics(len(predictor.meta["class_names"]))
+    elif kind == "geolocalization":
+        metrics = GeoAccuracy()
+    else:
+        metrics = COCOEvaluator(dm.val_coco, label_to_category_id=list(dm.label_to_category_id))
+    for i, batch in enumerate(loader):
+        if i >= total:
+            break
+        images = _unnormalize(batch[0])
+        if kind == "detection":
+            targets = batch[1]
+            sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
+            results = predictor.run(images, sizes)
+            metrics.update([{"image_id": int(t["image_id"]), "boxes": torch.as_tensor(r["boxes"]),
+                             "scores": torch.as_tensor(r["scores"]),
+                             "labels": torch.as_tensor(r["labels"])} for t, r in zip(targets, results)])
+        elif kind == "classification":
+            results = predictor.run(images, [images.shape[-2:]] * len(images))
+            metrics.update(torch.from_numpy(np.stack([r["probs"] for r in results])), batch[1])
+        else:
+            results = predictor.run(images, [images.shape[-2:]] * len(images))
+            coords = batch[2]
+            metrics.update(torch.tensor([r["latitude"] for r in results], dtype=torch.float64),
+                           torch.tensor([r["longitude"] for r in results], dtype=torch.float64),
+                           coords[:, 0], coords[:, 1])
+        if progress is not None:
+            progress(i + 1, total)
+    if kind == "classification":
+        return summarize_metrics(metrics.compute(), predictor.meta["class_names"])
+    if kind == "geolocalization":
+        return {k: float(v) for k, v in metrics.compute().items()}
+    return metrics.compute()
+
+
+def onnx_latency_ms(model, batch: int = 1, runs: int = 30, warmup: int = 5) -> tuple[float, float]:
+    """Median and p90 milliseconds of ``model`` (an :class:`~mobilevision.deploy.OnnxModel`) on a random batch."""
+    h, w = model.meta["image_size"]
+    x = np.random.default_rng(0).random((batch, 3, h, w), dtype=np.float32)
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]

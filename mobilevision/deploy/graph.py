@@ -1,0 +1,139 @@
+"""What a trained task becomes on a device: a network that takes float32 NCHW RGB in [0, 1] at the training
+resolution (normalization inside), for detection followed by the box decoder, and the metadata that makes the
+result self-describing (task, input size and preprocessing, class names, category ids, cell locations).
+
+The same torch modules are what :func:`~mobilevision.deploy.export_onnx` exports and what
+:class:`~mobilevision.deploy.Predictor` runs for a checkpoint, so a checkpoint and its ONNX file give the same
+predictions by construction (and the tests check that ONNX Runtime agrees).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.ops import clip_boxes_to_image
+
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..detection import BoxCoder
+from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask
+from ..tasks.checkpoint import load_checkpoint, load_task
+
+__all__ = ["DetectionDecoder", "NormalizedNetwork", "TASK_CLASSES", "deployable", "load_any_task", "metadata_of",
+           "task_kind"]
+
+FORMAT_VERSION = 1
+
+#: task kind (as written in the metadata and the output files) -> LightningModule class
+TASK_CLASSES = {"detection": DetectionTask, "classification": ClassificationTask,
+                "geolocalization": GeolocalizationTask}
+
+
+def task_kind(task: nn.Module) -> str:
+    for kind, cls in TASK_CLASSES.items():
+        if isinstance(task, cls):
+            return kind
+    raise TypeError(f"not a mobilevision task: {type(task).__name__}")
+
+
+def load_any_task(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """The task of any mobilevision checkpoint (its class read from the checkpoint), in eval mode, and the
+    checkpoint dict; loaded with ``weights_only=True``."""
+    ckpt = load_checkpoint(path)
+    hp = ckpt["hyper_parameters"]
+    class_name = str(hp.get("_class_path", "")).rsplit(".", 1)[-1]
+    by_name = {cls.__name__: cls for cls in TASK_CLASSES.values()}
+    if class_name in by_name:
+        cls = by_name[class_name]
+    elif "num_cells" in hp or "cell_location" in hp:  # checkpoints written without LightningCLI
+        cls = GeolocalizationTask
+    elif "min_ratio" in hp or "label_to_category_id" in hp:
+        cls = DetectionTask
+    else:
+        cls = ClassificationTask
+    return load_task(path, cls)
+
+
+class NormalizedNetwork(nn.Module):
+    """``images`` float32 [B, 3, H, W] RGB in [0, 1] -> the network's raw outputs: logits [B, C]
+    (classification, geolocalization cells) or ``(cls_logits [B, A, C + 1], bbox_regression [B, A, 4])``."""
+
+    def __init__(self, network: nn.Module, detection: bool, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+        super().__init__()
+        self.network, self.detection = network, detection
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor):
+        x = (images - self.mean) / self.std
+        if not self.detection:
+            return self.network(x)
+        out = self.network(x)
+        return out["cls_logits"], out["bbox_regression"]
+
+
+class DetectionDecoder(nn.Module):
+    """``(cls_logits, bbox_regression)`` -> ``boxes`` [B, A, 4] xyxy input pixels (clipped to the input) and
+    ``scores`` [B, A, C] (softmax without the background): everything of SSD's post-processing except the
+    selection (:func:`~mobilevision.detection.postprocess.select_detections`, or NMS inside an exported graph)."""
+
+    def __init__(self, anchors: torch.Tensor, image_size: tuple[int, int], box_coder: BoxCoder) -> None:
+        super().__init__()
+        self.register_buffer("anchors", anchors.float())
+        self.image_size, self.box_coder = tuple(image_size), box_coder
+
+    def forward(self, cls_logits: torch.Tensor, bbox_regression: torch.Tensor):
+        scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]
+        boxes = self.box_coder.decode(bbox_regression.float(), self.anchors)
+        return clip_boxes_to_image(boxes, self.image_size), scores
+
+
+def _square(size) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+
+
+def deployable(task: nn.Module) -> tuple[NormalizedNetwork, DetectionDecoder | None]:
+    """The eval-mode network of ``task`` (MobileOne folded) behind normalization, and for detection the decoder
+    at the training resolution. Copies: the task is left as it is."""
+    kind = task_kind(task)
+    network = task.export_model() if hasattr(task, "export_model") else task.model
+    net = NormalizedNetwork(network.float().eval(), detection=kind == "detection").eval()
+    if kind != "detection":
+        return net, None
+    size = _square(task.hparams.image_size)
+    anchors = network.anchors_for(size).cpu()
+    return net, DetectionDecoder(anchors, size, network.box_coder).eval()
+
+
+def metadata_of(task: nn.Module, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What prediction needs besides the network: written into ONNX files as JSON (key ``mobilevision``)."""
+    kind, hp = task_kind(task), task.hparams
+    data_hp = (ckpt or {}).get("datamodule_hyper_parameters") or {}
+    size = _square(hp.image_size)
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION, "task": kind, "backbone": hp.backbone, "image_size": list(size),
+        "input": "float32 NCHW RGB in [0, 1]; normalization is inside the model",
+        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+    }
+    if kind == "detection":
+        net = task.model
+        meta.update(
+            preprocess={"resize": "square"},
+            class_names=list(hp.category_names) if hp.category_names else [str(i) for i in range(hp.num_classes)],
+            label_to_category_id=list(hp.label_to_category_id) if hp.label_to_category_id else None,
+            outputs=["boxes", "scores"], score_thresh=float(net.score_thresh), nms_thresh=float(net.nms_thresh),
+            topk_candidates=int(net.topk_candidates), detections_per_img=int(net.detections_per_img))
+    else:
+        ratio = float(data_hp.get("resize_ratio", 0.875))
+        meta["preprocess"] = {"resize": "short_side_center_crop", "resize_ratio": ratio}
+        meta["outputs"] = ["logits"]
+    if kind == "classification":
+        meta["class_names"] = (list(hp.class_names) if hp.class_names
+                               else [str(i) for i in range(hp.num_classes)])
+    if kind == "geolocalization":
+        partition = task.partition
+        meta.update(cell_tokens=list(partition.tokens), cell_location=hp.cell_location,
+                    cell_locations=task.cell_locations().tolist(), predict=hp.predict, top_k=int(hp.top_k))
+    return meta

@@ -1,0 +1,165 @@
+"""Predictions of a checkpoint or of its ONNX export on decoded images, with one preprocessing and one
+postprocessing for both: the runtimes differ only in what computes the network's outputs.
+
+    predictor = Predictor("model.onnx")          # or a .ckpt (torch, on --device)
+    results = predictor([rgb_uint8_image, ...])  # one dict per image, in the image's own pixels
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+
+from ..data.classification import classification_eval_transforms
+from ..detection.postprocess import select_detections
+from ..evaluation.coco import scale_boxes
+from ..tasks.geolocalization import locations_from_logits
+from .graph import deployable, load_any_task, metadata_of
+from .onnx import OnnxModel
+
+__all__ = ["Predictor"]
+
+
+class Predictor:
+    """Run a mobilevision checkpoint (``.ckpt``, torch on ``device``) or ONNX file (ONNX Runtime) on images.
+
+    ``predictor(images)`` takes RGB uint8 HxWx3 arrays of any size and returns one dict per image:
+
+    * detection: ``boxes`` [D, 4] xyxy in the image's pixels, ``scores`` [D], ``labels`` [D] (0-based),
+      ``category_ids`` [D] (the dataset's ids) and ``names``; ``score_thresh`` overrides the model's threshold
+      (an ONNX file exported with ``--nms`` has its threshold inside: a lower value cannot be applied there);
+    * classification: ``probs`` [C], ``label``, ``name``, ``score`` and the ``top5`` (label, name, score);
+    * geolocalization: ``latitude``, ``longitude`` (the checkpoint's rule: best cell or top-k mean), the best
+      ``cell`` (index and S2 ``cell_token``) and its ``prob``.
+    """
+
+    def __init__(self, model: str | os.PathLike, device: str = "cpu", score_thresh: float | None = None,
+                 threads: int | None = None) -> None:
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"model {path} does not exist")
+        self.path, self.device = path, torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: CUDA is not available on this machine")
+        if path.suffix.lower() == ".onnx":
+            self.onnx: OnnxModel | None = OnnxModel(path, threads=threads, providers=self._onnx_providers())
+            self.meta = self.onnx.meta
+            self.network = self.decoder = None
+        else:
+            task, ckpt = load_any_task(path)
+            self.onnx, self.meta = None, metadata_of(task, ckpt)
+            network, decoder = deployable(task)
+            self.network = network.to(self.device)
+            self.decoder = decoder.to(self.device) if decoder is not None else None
+        self.kind: str = self.meta["task"]
+        self.image_size: tuple[int, int] = tuple(self.meta["image_size"])  # type: ignore[assignment]
+        self.score_thresh = float(self.meta.get("score_thresh", 0.0) if score_thresh is None else score_thresh)
+        h, w = self.image_size
+        if self.meta["preprocess"]["resize"] == "square":
+            self._resize = A.Resize(h, w)
+        else:
+            self._crop = classification_eval_transforms(h, self.meta["preprocess"]["resize_ratio"], to_tensor=False)
+            self._resize = None
+        self.names: list[str] = list(self.meta.get("class_names") or [])
+        self._locations = (torch.tensor(self.meta["cell_locations"], dtype=torch.float64)
+                           if self.kind == "geolocalization" else None)
+
+    def _onnx_providers(self) -> list | None:
+        """ONNX Runtime's execution providers for ``self.device`` (None: CPU)."""
+        if self.device.type != "cuda":
+            return None
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ValueError(f"--device cuda: this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider "
+                             "(install onnxruntime-gpu), or run the ONNX file with --device cpu")
+        return [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
+
+    @property
+    def runtime(self) -> str:
+        if self.onnx is not None:
+            return f"onnxruntime ({self.onnx.session.get_providers()[0]})"
+        return f"torch ({self.device})"
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 HxWx3 -> float32 3xHxW in [0, 1] at the model's input size (as the validation pipeline)."""
+        image = self._resize(image=image)["image"] if self._resize is not None else self._crop(image)
+        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+    @torch.no_grad()
+    def outputs(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
+        """The model's outputs for a preprocessed batch [B, 3, H, W] (as named in the ONNX file), on the CPU."""
+        if self.onnx is not None:
+            return {k: torch.from_numpy(v) for k, v in self.onnx(batch).items()}
+        x = torch.from_numpy(batch).to(self.device)
+        raw = self.network(x)
+        if self.decoder is None:
+            return {"logits": raw.float().cpu()}
+        boxes, scores = self.decoder(*raw)
+        return {"boxes": boxes.cpu(), "scores": scores.cpu()}
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+        if not len(images):
+            return []
+        return self.run(np.stack([self.preprocess(img) for img in images]), [img.shape[:2] for img in images])
+
+    def run(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        """Predictions for a preprocessed batch [B, 3, H, W] of images whose original sizes are ``sizes``
+        (``(height, width)`` each: detections are mapped back to them)."""
+        out = self.outputs(batch)
+        if self.kind == "detection":
+            return self._detections(out, sizes)
+        if self.kind == "classification":
+            return self._classes(out["logits"])
+        return self._locations_of(out["logits"])
+
+    # -- postprocessing -------------------------------------------------------------------------------
+    def _detections(self, out: dict[str, torch.Tensor], sizes) -> list[dict[str, Any]]:
+        m = self.meta
+        if "detections" in out:  # NMS inside the graph: fixed-size rows, the first num_detections valid
+            dets = []
+            for rows, n in zip(out["detections"], out["num_detections"]):
+                rows = rows[: int(n)]
+                rows = rows[rows[:, 4] > self.score_thresh]
+                dets.append({"boxes": rows[:, :4], "scores": rows[:, 4], "labels": rows[:, 5].round().long()})
+        else:
+            dets = select_detections(out["boxes"], out["scores"], self.score_thresh, m["topk_candidates"],
+                                     m["nms_thresh"], m["detections_per_img"])
+        lut = m.get("label_to_category_id")
+        results = []
+        for det, (h, w) in zip(dets, sizes):
+            labels = det["labels"].numpy()
+            results.append({
+                "boxes": scale_boxes(det["boxes"], self.image_size, (h, w), clip=True).numpy(),
+                "scores": det["scores"].numpy(), "labels": labels,
+                "category_ids": np.asarray([lut[i] for i in labels] if lut else labels, dtype=np.int64),
+                "names": [self._name(i) for i in labels]})
+        return results
+
+    def _name(self, label: int) -> str:
+        return self.names[int(label)] if int(label) < len(self.names) else str(int(label))
+
+    def _classes(self, logits: torch.Tensor) -> list[dict[str, Any]]:
+        probs = logits.float().softmax(dim=1)
+        k = min(5, probs.shape[1])
+        top_p, top_i = probs.topk(k, dim=1)
+        results = []
+        for p, ps, idx in zip(probs, top_p, top_i):
+            top = [(int(i), self._name(i), float(s)) for i, s in zip(idx, ps)]
+            results.append({"probs": p.numpy(), "label": top[0][0], "name": top[0][1], "score": top[0][2],
+                            "top5": top})
+        return results
+
+    def _locations_of(self, logits: torch.Tensor) -> list[dict[str, Any]]:
+        m = self.meta
+        pred = locations_from_logits(logits, self._locations, m["predict"], m["top_k"])
+        prob, cell = logits.float().softmax(dim=1).max(dim=1)
+        tokens = m["cell_tokens"]
+        return [{"latitude": float(lat), "longitude": float(lon), "cell": int(c), "cell_token": tokens[int(c)],
+                 "prob": float(p)} for (lat, lon), c, p in zip(pred.tolist(), cell, prob)]
