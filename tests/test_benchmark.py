@@ -142,18 +142,19 @@ def test_torchvision_ssd_same_network_and_loss():
 # -- runtimes section ------------------------------------------------------------------------------
 
 def test_benchmark_runtimes_section(tmp_path):
-    """SSDLite only (three dynamo exports, ~30-60 s): the classifier rows differ only in the models built."""
+    """MobileOne-S0 only, at 64 px (folded export, timm reference; ~15 s): the other rows differ only in the models
+    built (the full run of the section is in the README)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    sections = main(["--quick", "--sections", "runtimes", "--runtime-models", "ssdlite", "--det-size", "96",
-                     "--det-width", "0.35", "--runtime-batch", "1,2", "--repeats", "2", "--warmup", "1",
-                     "--time-budget", "1", "--out", tmp_path])
+    sections = main(["--quick", "--sections", "runtimes", "--runtime-models", "mobileone_s0", "--runtime-size", "64",
+                     "--runtime-batch", "1,2", "--repeats", "2", "--warmup", "1", "--time-budget", "1",
+                     "--out", tmp_path])
     assert [s.csv_name for s in sections] == ["runtimes"]
     with open(tmp_path / "runtimes.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["model"], r["batch"], r["resolution"]) for r in rows] == [
-        ("SSDLite-MobileNetV2", "1", "96"), ("SSDLite-MobileNetV2", "2", "96")]
-    assert all(r["reference"].startswith("torchvision SSD") for r in rows)
+        ("MobileOne-S0 (folded)", "1", "64"), ("MobileOne-S0 (folded)", "2", "64")]
+    assert all(r["reference"].startswith("timm mobileone_s0") for r in rows)
     times = ("eager_ms", "ort_ms", "int8_ms", "ref_eager_ms", "ref_ort_ms")
     ratios = {"ort_vs_eager": ("ort_ms", "eager_ms"), "int8_vs_ort": ("int8_ms", "ort_ms"),
               "ours_vs_ref_ort": ("ort_ms", "ref_ort_ms"), "ref_ort_vs_eager": ("ref_ort_ms", "ref_eager_ms")}
@@ -167,7 +168,7 @@ def test_benchmark_runtimes_section(tmp_path):
     assert float(rows[0]["ort_rel_err"]) < 1e-4 and float(rows[0]["ref_ort_rel_err"]) < 1e-4
     assert float(rows[0]["int8_rel_err"]) < 0.5
     md = (tmp_path / "benchmark.md").read_text()
-    assert "## Runtimes" in md and "| SSDLite-MobileNetV2 | torchvision SSD + SSDLiteHead | 2 | 96 |" in md
+    assert "## Runtimes" in md and "| MobileOne-S0 (folded) | timm mobileone_s0 (reparameterized) | 2 | 64 |" in md
     assert "onnxruntime" in md and "VNNI: " in md and "intra-op threads" in md
     assert "ORT ours/ref <= 1.05 in" in md
 

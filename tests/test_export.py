@@ -81,8 +81,10 @@ def test_classification_logits_match_onnxruntime(backbone, tmp_path):
 def assert_same_detections(got: dict, ref: dict) -> None:
     """One-to-one: every reference detection has its own counterpart with the same label, a score within 1e-4 and
     a box within 1e-3 px (matched greedily, so that tied scores may come in any order)."""
-    gb, gs, gl = (np.asarray(got[k], dtype=np.float64).reshape(len(got["scores"]), -1) for k in ("boxes", "scores", "labels"))
-    rb, rs, rl = (np.asarray(ref[k], dtype=np.float64).reshape(len(ref["scores"]), -1) for k in ("boxes", "scores", "labels"))
+    def arrays(d: dict):
+        return (np.asarray(d[k], dtype=np.float64).reshape(len(d["scores"]), -1) for k in ("boxes", "scores", "labels"))
+
+    (gb, gs, gl), (rb, rs, rl) = arrays(got), arrays(ref)
     assert len(gs) == len(rs) and len(rs) > 0
     free = np.ones(len(gs), bool)
     for box, score, label in zip(rb, rs[:, 0], rl[:, 0]):

@@ -5,6 +5,7 @@
     mobilevision predict    --model CKPT_OR_ONNX --source PATH [PATH ...] --output DIR       (cli/predict.py)
     mobilevision export     --checkpoint CKPT --output model.onnx [--nms] [--int8 ...]       (cli/export.py)
     mobilevision benchmark  [--quick] [--sections ...]                                      (cli/benchmark.py)
+    mobilevision select     --task classification|ssdlite --latency-ms B [--runtime ...]     (cli/select.py)
 
 ``mobilevision SUBCOMMAND --help`` describes each. Each module has ``main(argv)``; importing this package loads
 none of them (torch is imported only by the subcommand that runs).

@@ -39,6 +39,7 @@ from torch import nn
 from ..backbones import list_backbones
 from ..evaluation.complexity import (
     count_madds,
+    cpu_name,
     count_params,
     measure_latency_interleaved,
     spearman,
@@ -125,21 +126,11 @@ def _is_reparameterizable(model: nn.Module) -> bool:
 
 # -- environment -----------------------------------------------------------------------------------
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment_lines(devices: Sequence[str]) -> list[str]:
     lines = [
         f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"torch {torch.__version__}, Python {platform.python_version()}, {platform.system()} {platform.machine()}",
-        f"CPU: {_cpu_name()}, torch.get_num_threads() = {torch.get_num_threads()}",
+        f"CPU: {cpu_name()}, torch.get_num_threads() = {torch.get_num_threads()}",
     ]
     if "cuda" in devices:
         lines.append(f"GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})")
@@ -731,15 +722,16 @@ def runtime_section(args: argparse.Namespace, devices: Sequence[str], out_dir: P
                     f"int8 {row['int8_ms']:.1f} ms{ref_txt}  [{time.perf_counter() - t0:.0f} s]")
     sizes = sorted({r["resolution"] for r in rows})
     notes = [
-        f"CPU: {_cpu_name()}. {vnni_line()}. torch {torch.__version__} with torch.get_num_threads() = {threads}; "
+        f"CPU: {cpu_name()}. {vnni_line()}. torch {torch.__version__} with torch.get_num_threads() = {threads}; "
         f"onnxruntime {ort.__version__} (CPUExecutionProvider, intra-op threads = {threads}, thread spinning off, "
         f"graph optimizations all); exported with torch.onnx.export(dynamo=True), opset {opset}.",
         "Random weights, float32 input [B, 3, S, S] in [0, 1]; ImageNet normalization is inside every model. "
         "`eager`: what the ONNX file holds (`mobilevision.deploy.deployable`: normalization + network, MobileOne "
         "folded, + box decoding for SSDLite) under `torch.inference_mode`. `ORT`: `mobilevision.deploy.export_onnx` "
         "of the same task (detection: boxes + scores, no NMS); `ORT int8`: the same with `quantize_int8` (static, "
-        "QDQ, per-channel int8 weights, int8 activations; box decoding stays float), calibrated on random batches "
-        "(latency does not depend on calibration values). `ref`: the torchvision / timm implementation of the same "
+        "QDQ, per-channel int8 weights, uint8 activations; prediction layers and box decoding stay float), "
+        "calibrated on random batches (latency does not depend on calibration values). `ref`: the torchvision / timm "
+        "implementation of the same "
         "architecture behind the same normalization (MobileOne: timm's `reparameterize_model`; SSDLite: "
         "torchvision's `SSD` backbone + `SSDLiteHead` around a copy of our feature extractor, then our box "
         "decoder), in eager mode and exported with `torch.onnx.export(dynamo=True)`, same opset, dynamic batch.",

@@ -40,7 +40,7 @@ def is_video_file(name: str) -> bool:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file to predict on: its ``path``, its output ``name`` (relative, ``/``-separated) and whether it is a video."""
+    """One file to predict on: its ``path``, its output ``name`` (relative, ``/``-separated), whether it is a video."""
 
     path: Path
     name: str

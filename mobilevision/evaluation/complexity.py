@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import platform
 import time
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -21,7 +23,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_madds", "count_params", "measure_latency", "measure_latency_interleaved", "spearman",
+__all__ = ["count_madds", "count_params", "cpu_name", "measure_latency", "measure_latency_interleaved", "spearman",
            "time_interleaved"]
 
 
@@ -99,7 +101,7 @@ def _stats(times_s: Sequence[float]) -> dict:
 
 def time_interleaved(fns: Mapping[str, Callable[[], object]], warmup: int = 5, repeats: int = 30,
                      device: str | torch.device = "cpu", time_budget_s: float | None = None,
-                     min_repeats: int = 3) -> dict[str, dict]:
+                     min_repeats: int = 3, settle: int = 0) -> dict[str, dict]:
     """Wall time of several zero-argument callables run side by side: every round calls each once, in
     turn (the order rotates from round to round, so none always runs first).
 
@@ -109,6 +111,10 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], warmup: int = 5, r
     (but never before ``min_repeats`` rounds), so slow callables get fewer repeats; the warm-up rounds
     then also stop early (after at least one) once a fifth of that budget has passed. Grad mode is
     the caller's: wrap the call in :func:`torch.inference_mode` for inference.
+
+    ``settle``: untimed calls of the same callable right before each timed one. With many large models
+    side by side, each call otherwise starts with the CPU caches full of the others' weights
+    (``settle=1`` times what a model run in a loop takes; ``0``, the default, times a cold start).
 
     Returns ``{name: {"median_ms", "p90_ms", "mean_ms", "min_ms", "repeats"}}``.
     """
@@ -127,6 +133,8 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], warmup: int = 5, r
     start = time.perf_counter()
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+            for _ in range(max(0, settle)):
+                fns[name]()
             _sync(device)
             t0 = time.perf_counter()
             fns[name]()
@@ -196,3 +204,14 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
     return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for stating where a latency was measured."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"

@@ -369,6 +369,39 @@ def _antimeridian_segments(lon1: np.ndarray, lat1: np.ndarray, lon2: np.ndarray,
     return segments
 
 
+def world_map_axes():
+    """A matplotlib figure (Agg canvas, no pyplot state) and its axes: an equirectangular world map with a
+    graticule every 30 degrees and faint grey dots of the shipped cities (:func:`mobilevision.geo.cities.load_cities`)
+    sketching the continents."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ..geo.cities import load_cities
+
+    fig = Figure(figsize=(13.0, 7.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set(xlim=(-180, 180), ylim=(-90, 90), aspect="equal", xlabel="longitude", ylabel="latitude")
+    ticks_x, ticks_y = range(-180, 181, 30), range(-90, 91, 30)
+    ax.set_xticks(list(ticks_x), [f"{abs(x)}°{'E' if x > 0 else 'W' if x < 0 else ''}" for x in ticks_x], fontsize=8)
+    ax.set_yticks(list(ticks_y), [f"{abs(y)}°{'N' if y > 0 else 'S' if y < 0 else ''}" for y in ticks_y], fontsize=8)
+    ax.grid(True, color="#b0b0b0", linewidth=0.5, linestyle=":")
+    ax.set_axisbelow(True)
+    ax.set_facecolor("#f4f8fb")
+    cities = load_cities()
+    ax.scatter(cities.longitude, cities.latitude, s=3.0, c="#c4c4c4", linewidths=0, zorder=1, rasterized=True)
+    return fig, ax
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """``fig`` as a PNG at ``path`` (tight layout; parent folders created)."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
 def save_error_map(pred_lat, pred_lon, true_lat, true_lon, path: str | os.PathLike, title: str | None = None,
                    max_points: int = 2000) -> Path:
     """Save a PNG world map (equirectangular, graticule every 30 degrees) of geolocalization errors.
@@ -381,12 +414,8 @@ def save_error_map(pred_lat, pred_lon, true_lat, true_lon, path: str | os.PathLi
     says so; the legend counts and median refer to all images). Uses matplotlib's Agg canvas directly
     (no pyplot state); creates parent folders.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import LineCollection
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-
-    from ..geo.cities import load_cities
 
     arrays = [np.asarray(torch.as_tensor(v).detach().cpu().double().reshape(-1).numpy())
               for v in (pred_lat, pred_lon, true_lat, true_lon)]
@@ -408,24 +437,7 @@ def save_error_map(pred_lat, pred_lon, true_lat, true_lon, path: str | os.PathLi
         keep = np.arange(n)
     shown = len(keep)
 
-    fig = Figure(figsize=(13.0, 7.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.set_xlim(-180, 180)
-    ax.set_ylim(-90, 90)
-    ax.set_aspect("equal")
-    ax.set_xticks(np.arange(-180, 181, 30))
-    ax.set_yticks(np.arange(-90, 91, 30))
-    ax.set_xticklabels([f"{abs(x)}°{'E' if x > 0 else 'W' if x < 0 else ''}" for x in range(-180, 181, 30)],
-                       fontsize=8)
-    ax.set_yticklabels([f"{abs(y)}°{'N' if y > 0 else 'S' if y < 0 else ''}" for y in range(-90, 91, 30)],
-                       fontsize=8)
-    ax.grid(True, color="#b0b0b0", linewidth=0.5, linestyle=":")
-    ax.set_axisbelow(True)
-    ax.set_facecolor("#f4f8fb")
-
-    cities = load_cities()
-    ax.scatter(cities.longitude, cities.latitude, s=3.0, c="#c4c4c4", linewidths=0, zorder=1, rasterized=True)
+    fig, ax = world_map_axes()
 
     handles = []
     lower = 0.0
@@ -457,10 +469,4 @@ def save_error_map(pred_lat, pred_lon, true_lat, true_lon, path: str | os.PathLi
     if shown < n:
         title += f" (showing {shown} of {n})"
     ax.set_title(title)
-    ax.set_xlabel("longitude")
-    ax.set_ylabel("latitude")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)

@@ -100,26 +100,12 @@ def save_location_map(latitude, longitude, path: str | os.PathLike, prob=None, t
     """Save a PNG world map (the style of :func:`~mobilevision.evaluation.geolocalization.save_error_map`:
     equirectangular, graticule every 30 degrees, the shipped cities as faint continents) of predicted locations,
     coloured by ``prob`` (the best cell's probability) when given. Creates parent folders."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from ..geo.cities import load_cities
+    from .geolocalization import save_figure, world_map_axes
 
     lat, lon = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (latitude, longitude))
     if lat.shape != lon.shape or not len(lat):
         raise ValueError(f"need as many latitudes as longitudes, at least one; got {len(lat)} and {len(lon)}")
-    fig = Figure(figsize=(13.0, 7.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.set(xlim=(-180, 180), ylim=(-90, 90), aspect="equal", xlabel="longitude", ylabel="latitude")
-    ticks_x, ticks_y = range(-180, 181, 30), range(-90, 91, 30)
-    ax.set_xticks(list(ticks_x), [f"{abs(x)}°{'E' if x > 0 else 'W' if x < 0 else ''}" for x in ticks_x], fontsize=8)
-    ax.set_yticks(list(ticks_y), [f"{abs(y)}°{'N' if y > 0 else 'S' if y < 0 else ''}" for y in ticks_y], fontsize=8)
-    ax.grid(True, color="#b0b0b0", linewidth=0.5, linestyle=":")
-    ax.set_axisbelow(True)
-    ax.set_facecolor("#f4f8fb")
-    cities = load_cities()
-    ax.scatter(cities.longitude, cities.latitude, s=3.0, c="#c4c4c4", linewidths=0, zorder=1, rasterized=True)
+    fig, ax = world_map_axes()
     size = 8 if len(lat) > 300 else 24
     if prob is None:
         ax.scatter(lon, lat, s=size, marker="x", c="#1f4e9c", linewidths=0.8, zorder=3)
@@ -128,8 +114,4 @@ def save_location_map(latitude, longitude, path: str | os.PathLike, prob=None, t
                             vmin=0.0, vmax=1.0, edgecolors="#202020", linewidths=0.4, zorder=3)
         fig.colorbar(points, ax=ax, fraction=0.025, pad=0.01, label="probability of the predicted cell")
     ax.set_title(title or f"predicted locations of {len(lat)} image{'s' if len(lat) != 1 else ''}")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)

@@ -1,0 +1,682 @@
+"""``mobilevision select``: the model for a latency budget, measured on this machine.
+
+Usage::
+
+    mobilevision select --task classification|ssdlite --latency-ms B
+                        [--runtime torch|onnxruntime|onnxruntime-int8] [--threads N] [--batch 1]
+                        [--families mobilenet_v1,mobilenet_v2,mobileone,efficientnet] [--candidates NAME,...]
+                        [--sizes 320,256,192] [--statistic p90|median] [--repeats 30] [--warmup 5]
+                        [--time-budget-s 300] [--remeasure] [--verify] [--output outputs/select]
+
+Measures the published grids of the families (:func:`~mobilevision.evaluation.selection.candidate_grid`: MobileNetV1
+alpha x rho, MobileNetV2 depth multiplier x resolution as published, EfficientNet B0-B7 at their resolutions,
+MobileOne S0-S4 folded; ``--task ssdlite``: the SSDLite detector at 320 px and smaller sizes on each backbone) on
+this machine with random weights (latency does not depend on them), in the chosen runtime:
+
+- ``torch``: the deployable network (:func:`~mobilevision.deploy.deployable`: normalization inside, MobileOne
+  folded, for detection the box decoder) under ``torch.inference_mode``, ``torch.set_num_threads(N)``;
+- ``onnxruntime`` / ``onnxruntime-int8``: the file ``mobilevision export`` writes (float32, or int8 calibrated on
+  random images), on ONNX Runtime's CPU provider with N intra-op threads.
+
+Detectors are timed up to the decoded boxes and scores (what the export outputs without ``--nms``): the selection
+of detections depends on the scores, which random weights make meaningless.
+
+All candidates are timed interleaved (every round runs each once, rotating the order): warm-up, then ``--repeats``
+rounds (fewer once ``--time-budget-s`` has passed); the median and p90 of each are kept. oneDNN's primitive cache
+is raised to 16384 kernels (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, unless set): with the default 1024, interleaving
+the whole grid evicts every network's compiled kernels between two of its calls, which made the small networks 2-3x
+slower than when they run alone. Each timed run follows ``--settle`` untimed runs of the same network (default 1):
+otherwise it starts with the CPU caches full of the other networks' weights (right after an EfficientNet-B5 run,
+MobileNetV1 0.25 at 128 px took twice as long as in a loop), while a deployed network runs in a loop. Results are cached per
+device and runtime in ``OUTPUT/latency_cache/DEVICE__RUNTIME.json`` (with the batch, threads and library versions
+of each entry), exports in ``OUTPUT/onnx/``, so another budget is answered from the cache at once (``--remeasure``
+measures again). The front and the budget use ``--statistic`` (p90 by default: the pick stays within the budget
+in 9 runs out of 10).
+
+Accuracy is the published ImageNet top-1 of each point (``mobilevision/evaluation/imagenet_accuracy.csv``, which
+names the source of every row), not measured here; a point without a published figure is listed without one and
+never picked. For ``ssdlite`` it is the backbone's top-1, and at the same backbone a larger input counts as better.
+
+Writes to ``OUTPUT/TASK_RUNTIME_Bms/``: ``report.md`` (the front, the pick, the correlation, every candidate),
+``candidates.csv``, ``pareto.png`` (every candidate, the front, the budget line) and ``config.yaml``: the task's
+default training config (on the embedded data) with the pick's backbone, width and image size, ready for
+``mobilevision train --config``.
+
+Exit code: 0 when a candidate meets the budget; 1 when none does (the message names the fastest candidate and its
+latency; the report and the plot are still written, no config); 2 for invalid arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..evaluation.complexity import cpu_name
+from ..evaluation.selection import (
+    DETECTION_SIZES,
+    FAMILIES,
+    STATISTICS,
+    TASKS,
+    Candidate,
+    GridPoint,
+    candidate_grid,
+    choose,
+    fastest,
+    format_width,
+    latency_madds_correlation,
+    load_published_accuracy,
+    pareto_front,
+    published_accuracy,
+)
+from . import report_errors
+
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")
+ACCURACY_NOTE = ("Top-1 = published ImageNet-1k accuracy of the original checkpoints (source of every row in "
+                 "mobilevision/evaluation/imagenet_accuracy.csv), not measured here; latencies are measured here "
+                 "with random weights.")
+CACHE_FORMAT = 1
+
+
+# -- arguments --------------------------------------------------------------------------------------
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mobilevision select", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure the families' published grids on this machine and pick the most accurate network "
+                    "(published ImageNet top-1) within a latency budget.",
+        epilog="Exit code: 0 a candidate meets the budget; 1 none does (the message names the fastest candidate "
+               "and its latency); 2 invalid arguments.")
+    p.add_argument("--task", choices=TASKS, default="classification",
+                   help="classification (the 1000-class classifiers) or ssdlite (the detector on each backbone)")
+    p.add_argument("--latency-ms", type=float, default=None,
+                   help="the latency budget per batch, in milliseconds (required unless --list)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of torch / ONNX Runtime (default: torch.get_num_threads())")
+    p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    p.add_argument("--families", type=_csv_list, default=list(FAMILIES),
+                   help=f"comma-separated subset of {','.join(FAMILIES)} (default: all)")
+    p.add_argument("--candidates", type=_csv_list, default=None,
+                   help="only these grid points, by name (e.g. mobilenet_v2_1.0_224,mobileone_s0; "
+                        "--list shows the names)")
+    p.add_argument("--sizes", type=_positive_ints, default=list(DETECTION_SIZES),
+                   help=f"ssdlite input sizes (default {','.join(map(str, DETECTION_SIZES))})")
+    p.add_argument("--statistic", choices=tuple(STATISTICS), default="p90",
+                   help="the latency the front and the budget use (default p90)")
+    p.add_argument("--repeats", type=int, default=30, help="timed rounds (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up rounds (default 5)")
+    p.add_argument("--settle", type=int, default=1,
+                   help="untimed runs of a network right before each of its timed runs, so that it is timed with "
+                        "its own weights in the CPU caches, as when it runs in a loop (default 1; 0: cold, right "
+                        "after the other candidates)")
+    p.add_argument("--time-budget-s", type=float, default=300.0,
+                   help="stop the timed rounds after this many seconds (at least 5 rounds; default 300)")
+    p.add_argument("--remeasure", action="store_true", help="ignore the cache and measure every candidate again")
+    p.add_argument("--verify", action="store_true",
+                   help="re-measure the pick alone afterwards (a fresh network) and report it against the budget")
+    p.add_argument("--list", action="store_true", help="print the candidates' names and exit")
+    p.add_argument("--output", type=Path, default=Path("outputs/select"),
+                   help="output folder: cache, exports and one folder per call (default outputs/select)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return report_errors(run, args)
+
+
+# -- device, cache ----------------------------------------------------------------------------------
+
+def device_description() -> str:
+    return f"{cpu_name()} ({os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()})"
+
+
+def device_slug() -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu_name()}-{os.cpu_count()}cpu").strip("-")
+
+
+def busy_cpus(seconds: float = 0.5) -> float | None:
+    """How many CPUs other processes keep busy right now: the non-idle share of ``/proc/stat`` over ``seconds``
+    (this process sleeps meanwhile) times the number of CPUs; None where ``/proc/stat`` does not exist."""
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]  # user .. steal (guest time is inside user)
+        return sum(values), values[3] + values[4]  # all, idle + iowait
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(seconds)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return None if total <= 0 else (1.0 - (idle1 - idle0) / total) * (os.cpu_count() or 1)
+
+
+def busy_warning(busy: Sequence[float | None], threads: int) -> str | None:
+    """A warning when other processes left fewer than ``threads`` CPUs free before or after measuring:
+    multi-threaded inference then waits for descheduled threads and can be many times slower."""
+    cpus = os.cpu_count() or 1
+    known = [b for b in busy if b is not None]
+    if not known or max(known) + threads <= cpus + 0.25:
+        return None
+    return (f"warning: other processes kept {max(known):.1f} of {cpus} CPUs busy around the measurement ({threads} "
+            f"threads asked): latencies are inflated; measure again when the machine is idle (--remeasure).")
+
+
+def runtime_versions(runtime: str) -> dict[str, str]:
+    import torch
+
+    versions = {"torch": torch.__version__.split("+")[0], "format": str(CACHE_FORMAT)}
+    if runtime != "torch":
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    return versions
+
+
+class LatencyCache:
+    """Measurements of one device and runtime: ``{"device", "runtime", "entries": {key: entry}}`` in a JSON file;
+    an entry (latency stats, MAdds, params, versions, date) is reused only for the same batch, threads and library
+    versions."""
+
+    def __init__(self, path: Path, device: str, runtime: str) -> None:
+        self.path = Path(path)
+        self.data: dict[str, Any] = {"device": device, "runtime": runtime, "entries": {}}
+        if self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"latency cache {self.path} is not valid JSON ({e}); delete it to measure again")
+            if isinstance(data, dict) and isinstance(data.get("entries"), dict):
+                self.data = data
+
+    @staticmethod
+    def key(point: GridPoint, batch: int, threads: int, settle: int) -> str:
+        return f"{point.task}/{point.name}/batch{batch}/threads{threads}/settle{settle}"
+
+    def get(self, point: GridPoint, batch: int, threads: int, settle: int,
+            versions: dict[str, str]) -> dict[str, Any] | None:
+        entry = self.data["entries"].get(self.key(point, batch, threads, settle))
+        return entry if entry and entry.get("versions") == versions else None
+
+    def put(self, point: GridPoint, batch: int, threads: int, settle: int, entry: dict[str, Any]) -> None:
+        self.data["entries"][self.key(point, batch, threads, settle)] = entry
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.data, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+# -- building and running candidates ---------------------------------------------------------------
+
+def build_task(point: GridPoint):
+    """The task of ``point`` with random weights: the 1000-class classifier or the 80-class SSDLite."""
+    from ..tasks import ClassificationTask, DetectionTask
+
+    cls, classes = (ClassificationTask, 1000) if point.task == "classification" else (DetectionTask, 80)
+    return cls(backbone=point.backbone, width=point.width, num_classes=classes, image_size=point.image_size).eval()
+
+
+def _torch_runner(task, batch: int, inputs: dict) -> tuple[Callable[[], Any], Any]:
+    import torch
+
+    from ..deploy import deployable
+
+    network, decoder = deployable(task)
+    size = task.hparams.image_size
+    x = inputs.setdefault(size, torch.rand(batch, 3, size, size))
+    if decoder is None:
+        return (lambda: network(x)), network
+    return (lambda: decoder(*network(x))), network
+
+
+def _onnx_file(task, point: GridPoint, runtime: str, onnx_dir: Path, log: Callable[[str], None]) -> Path:
+    """The export of ``point`` under ``onnx_dir`` (reused when a previous call wrote it), float32 or int8."""
+    import numpy as np
+
+    from ..deploy import export_onnx, read_metadata
+    from ..deploy.quantize import quantize_int8
+
+    int8 = runtime == "onnxruntime-int8"
+    path = onnx_dir / point.task / f"{point.name}{'.int8' if int8 else ''}.onnx"
+    if path.is_file():
+        try:
+            meta = read_metadata(path)
+            if (meta.get("backbone") == point.backbone and list(meta.get("image_size", [])) == [point.image_size] * 2
+                    and bool(meta.get("int8")) == int8):
+                return path
+        except Exception:  # noqa: BLE001 - an unreadable leftover is exported again
+            pass
+    t0 = time.perf_counter()
+    quantize = None
+    if int8:
+        rng = np.random.default_rng(0)
+        batches = [rng.random((1, 3, point.image_size, point.image_size), dtype=np.float32) for _ in range(4)]
+        quantize = lambda model: quantize_int8(model, batches)  # noqa: E731
+    tmp = path.with_name(path.name + ".tmp")
+    export_onnx(task, tmp, quantize=quantize)
+    os.replace(tmp, path)
+    log(f"exported {path} ({time.perf_counter() - t0:.1f} s)")
+    return path
+
+
+def _onnx_runner(path: Path, threads: int, batch: int, size: int, inputs: dict) -> Callable[[], Any]:
+    import numpy as np
+
+    from ..deploy import OnnxModel
+
+    model = OnnxModel(path, threads=threads)
+    x = inputs.setdefault(("np", size), np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32))
+    return lambda: model(x)
+
+
+def prepare(point: GridPoint, runtime: str, threads: int, batch: int, onnx_dir: Path, inputs: dict,
+            log: Callable[[str], None]) -> tuple[Callable[[], Any], int, int]:
+    """A zero-argument call running ``point`` once in ``runtime``, and its (MAdds per image, params)."""
+    from ..evaluation.complexity import count_madds, count_params
+
+    task = build_task(point)
+    fn, network = _torch_runner(task, batch, inputs)
+    madds = count_madds(network, (1, 3, point.image_size, point.image_size))
+    params = count_params(network)
+    if runtime != "torch":
+        path = _onnx_file(task, point, runtime, onnx_dir, log)
+        del fn, network
+        fn = _onnx_runner(path, threads, batch, point.image_size, inputs)
+    return fn, madds, params
+
+
+def measure(points: Sequence[GridPoint], args: argparse.Namespace, threads: int, versions: dict[str, str],
+            console) -> dict[str, dict[str, Any]]:
+    """Cache entries of ``points``: built (exported) one by one, then timed interleaved."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..evaluation.complexity import time_interleaved
+
+    runners: dict[str, Callable[[], Any]] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    inputs: dict[Any, Any] = {}
+    onnx_dir = args.output / "onnx"
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False, refresh_per_second=2) as progress:
+        verb = "building" if args.runtime == "torch" else "building + exporting"
+        prep = progress.add_task(f"{verb} {len(points)} candidates", total=len(points))
+        for point in points:
+            progress.update(prep, description=f"{verb}: {point.name}")
+            fn, madds, params = prepare(point, args.runtime, threads, args.batch, onnx_dir, inputs,
+                                        lambda msg: progress.console.print(msg, style="dim"))
+            runners[point.name] = fn
+            entries[point.name] = {"madds": int(madds), "params": int(params)}
+            progress.advance(prep)
+        progress.update(prep, description=f"{verb}: done")
+        calls = max(0, args.warmup) + args.repeats * (1 + max(0, args.settle))
+        timing = progress.add_task(f"timing {len(points)} candidates interleaved "
+                                   f"({args.warmup} warm-up + up to {args.repeats} rounds)",
+                                   total=calls * len(points))
+
+        def counted(fn: Callable[[], Any]) -> Callable[[], Any]:
+            def run() -> None:
+                fn()
+                progress.advance(timing)
+            return run
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            stats = time_interleaved({name: counted(fn) for name, fn in runners.items()}, warmup=args.warmup,
+                                     repeats=args.repeats, time_budget_s=args.time_budget_s,
+                                     min_repeats=min(5, args.repeats), settle=args.settle)
+        progress.update(timing, completed=calls * len(points))
+    elapsed = time.perf_counter() - t0
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    for name, entry in entries.items():
+        entry.update(latency=stats[name], versions=versions, measured=stamp, batch=args.batch, threads=threads,
+                     settle=args.settle, interleaved_with=len(points), timing_s=round(elapsed, 1))
+    return entries
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _width(point: GridPoint) -> str:
+    return "-" if point.width is None else format_width(point.width)
+
+
+ROW_HEADERS = ("name", "backbone", "width", "size", "median ms", "p90 ms", "top-1 (published)", "MAdds (M)",
+               "params (M)")
+
+
+def _row(c: Candidate) -> list[str]:
+    lat = c.latency or {}
+    return [c.name, c.point.backbone, _width(c.point), str(c.point.image_size), _fmt(lat.get("median_ms"), 2),
+            _fmt(lat.get("p90_ms"), 2), _fmt(c.top1), _fmt(c.madds / 1e6 if c.madds else None, 0),
+            _fmt(c.params / 1e6 if c.params else None, 2)]
+
+
+def _budget_str(budget: float) -> str:
+    return f"{budget:g}"
+
+
+def plot(candidates: Sequence[Candidate], front: Sequence[Candidate], pick: Candidate | None, budget: float,
+         statistic: str, title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    colors = dict(zip(FAMILIES, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+    rated = [c for c in candidates if c.top1 is not None and c.latency]
+    floor = min((c.top1 for c in rated), default=50.0) - 3.0
+    for family in FAMILIES:
+        cs = [c for c in rated if c.point.family == family]
+        if cs:
+            ax.scatter([c.latency_ms(statistic) for c in cs], [c.top1 for c in cs], s=28, color=colors[family],
+                       alpha=0.7, label=family)
+    unrated = [c for c in candidates if c.top1 is None and c.latency]
+    if unrated:
+        ax.scatter([c.latency_ms(statistic) for c in unrated], [floor] * len(unrated), marker="x", color="grey",
+                   label="no published top-1 (placed at the bottom)")
+    if front:
+        ax.step([c.latency_ms(statistic) for c in front], [c.top1 for c in front], where="post", color="black",
+                lw=1.2, label="Pareto front")
+        for c in front:
+            ax.annotate(c.name, (c.latency_ms(statistic), c.top1), fontsize=7, xytext=(4, -9),
+                        textcoords="offset points")
+    ax.axvline(budget, color="crimson", ls="--", lw=1.2, label=f"budget {_budget_str(budget)} ms")
+    if pick is not None:
+        ax.scatter([pick.latency_ms(statistic)], [pick.top1], marker="*", s=260, color="gold", edgecolor="black",
+                   zorder=5, label=f"pick: {pick.name}")
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ticks = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(ticks)
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
+    ax.set_xlabel(f"latency, {statistic} (ms, log scale)")
+    ax.set_ylabel("published ImageNet top-1 (%)" + (" of the backbone" if candidates and
+                                                     candidates[0].point.task == "ssdlite" else ""))
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.text(0.01, 0.01, "top-1: published figures, not measured here; latency: measured here", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_csv(candidates: Sequence[Candidate], front: Sequence[Candidate], pick: Candidate | None, budget: float,
+              statistic: str, path: Path) -> Path:
+    on_front = {c.name for c in front}
+    fields = ["name", "task", "family", "backbone", "width", "image_size", "median_ms", "p90_ms", "mean_ms", "min_ms",
+              "repeats", "madds", "params", "top1", "published_name", "source", "on_front", "within_budget", "pick"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for c in candidates:
+            lat = c.latency or {}
+            w.writerow({
+                "name": c.name, "task": c.point.task, "family": c.point.family, "backbone": c.point.backbone,
+                "width": "" if c.point.width is None else c.point.width, "image_size": c.point.image_size,
+                **{k: lat.get(k, "") for k in ("median_ms", "p90_ms", "mean_ms", "min_ms", "repeats")},
+                "madds": c.madds, "params": c.params, "top1": "" if c.top1 is None else c.top1,
+                "published_name": c.accuracy.published_name if c.accuracy else "",
+                "source": c.accuracy.source if c.accuracy else "", "on_front": c.name in on_front,
+                "within_budget": c.latency_ms(statistic) <= budget, "pick": pick is not None and c is pick})
+    return path
+
+
+def _markdown_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_config(pick: Candidate, task: str, path: Path, header: Sequence[str]) -> Path:
+    """The task's default training config with the pick's backbone, width and image size."""
+    import yaml
+
+    from .train import CONFIG_DIR, TASKS as TRAIN_TASKS
+
+    base = CONFIG_DIR / TRAIN_TASKS[task].default_config
+    if not base.is_file():
+        raise FileNotFoundError(f"the default {task} config {base} is missing (configs/ comes with the repository)")
+    config = yaml.safe_load(base.read_text())
+    model = config["model"].setdefault("init_args", {})
+    model["backbone"] = pick.point.backbone
+    model["width"] = pick.point.width  # null: the backbone's own (MobileOne, EfficientNet B0-B7)
+    model.pop("backbone_weights", None)
+    config["data"].setdefault("init_args", {})["image_size"] = pick.point.image_size
+    config.setdefault("trainer", {})["default_root_dir"] = f"outputs/select_{pick.name}"
+    class Dumper(yaml.SafeDumper):  # quote strings such as "00:01:00:00" (YAML 1.1 reads some as base-60 numbers)
+        pass
+
+    Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s,
+                                                                style='"' if ":" in s else None))
+    text = yaml.dump(config, Dumper=Dumper, sort_keys=False)
+    lines = [f"# {h}" for h in header]
+    lines += [f"# The rest is the task's default recipe ({base.relative_to(CONFIG_DIR.parent)}, on the embedded "
+              "dataset; its optimizer",
+              "# settings were tuned for its own backbone). For your data, change the data section (see configs/), "
+              "and start from",
+              "# ImageNet weights with model.init_args.backbone_weights (README: ImageNet weights).",
+              "# Train: mobilevision train --config THIS_FILE"]
+    path.write_text("\n".join(lines) + "\n" + text)
+    return path
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+def select_points(args: argparse.Namespace) -> list[GridPoint]:
+    if args.task == "classification" and args.sizes != list(DETECTION_SIZES):
+        raise ValueError("--sizes is for --task ssdlite (the classification grid has its published resolutions)")
+    points = candidate_grid(args.task, args.families, args.sizes)
+    if args.candidates:
+        by_name = {p.name: p for p in points}
+        unknown = [n for n in args.candidates if n not in by_name]
+        if unknown:
+            raise ValueError(f"unknown candidates {unknown} for --task {args.task} and families "
+                             f"{','.join(args.families)}; names: {', '.join(by_name)}")
+        points = [by_name[n] for n in dict.fromkeys(args.candidates)]
+    return points
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if Console().is_terminal else 160)
+    if args.latency_ms is None and not args.list:
+        raise ValueError("--latency-ms is required (the latency budget per batch, in milliseconds)")
+    if args.latency_ms is not None and (args.latency_ms <= 0 or not math.isfinite(args.latency_ms)):
+        raise ValueError(f"--latency-ms must be a positive number, got {args.latency_ms}")
+    if args.settle < 0 or args.warmup < 0:
+        raise ValueError("--settle and --warmup must be at least 0")
+    for name in ("batch", "repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    # oneDNN keeps 1024 compiled kernels (primitives) by default; the grid's convolutions need more, and then every
+    # call compiles its kernels again (the smallest networks measured 2-3x slower interleaved than alone).
+    # Read when oneDNN first runs, so it must be set before any convolution of this process.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
+    points = select_points(args)
+    if args.list:
+        for p in points:
+            console.print(f"{p.name}\t{p.backbone_label} @ {p.image_size}")
+        return 0
+    threads = args.threads or torch.get_num_threads()
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+    t_start = time.perf_counter()
+    device = device_description()
+    versions = runtime_versions(args.runtime)
+    cache = LatencyCache(args.output / "latency_cache" / f"{device_slug()}__{args.runtime}.json", device,
+                         args.runtime)
+    cached = {} if args.remeasure else {p.name: cache.get(p, args.batch, threads, args.settle, versions)
+                                          for p in points}
+    missing = [p for p in points if not cached.get(p.name)]
+    console.print(f"[bold]mobilevision select[/]: --task {args.task}, budget {_budget_str(args.latency_ms)} ms "
+                  f"({args.statistic}), runtime {args.runtime}, {threads} threads, batch {args.batch}")
+    console.print(f"device: {device}; {len(points)} candidates, {len(points) - len(missing)} from the cache "
+                  f"{cache.path}")
+    if missing:
+        before = busy_cpus()
+        warning = busy_warning([before], threads)
+        if warning:
+            console.print(f"[bold yellow]{warning}[/]")
+        measured = measure(missing, args, threads, versions, console)
+        after = busy_cpus()
+        for entry in measured.values():
+            entry["busy_cpus"] = [before, after]  # kept busy by other processes before / after measuring
+        for p in missing:
+            cache.put(p, args.batch, threads, args.settle, measured[p.name])
+        cache.save()
+        cached.update(measured)
+
+    table = load_published_accuracy()
+    candidates = []
+    for p in points:
+        e = cached[p.name]
+        candidates.append(Candidate(p, published_accuracy(p, table), e["madds"], e["params"], e["latency"],
+                                    extra={k: e.get(k) for k in ("measured", "interleaved_with", "timing_s",
+                                                                 "busy_cpus")}))
+    front = pareto_front(candidates, args.statistic)
+    pick = choose(candidates, args.latency_ms, args.statistic)
+    corr = latency_madds_correlation(candidates, "median")
+    repeats = sorted({c.latency.get("repeats") for c in candidates})
+    dates = sorted({c.extra.get("measured") for c in candidates if c.extra.get("measured")})
+
+    # -- print ---------------------------------------------------------------------------------------
+    title = (f"{args.task}: Pareto front of latency ({args.statistic}, {args.runtime}, {threads} threads, batch "
+             f"{args.batch}) vs published ImageNet top-1" + (" of the backbone" if args.task == "ssdlite" else ""))
+    rich_table = Table(title=title, title_justify="left")
+    for h in ROW_HEADERS:
+        rich_table.add_column(h, justify="left" if h in ("name", "backbone") else "right")
+    rich_table.add_column("")
+    for c in front:
+        fits = c.latency_ms(args.statistic) <= args.latency_ms
+        rich_table.add_row(*_row(c), "<- pick" if c is pick else ("" if fits else "over budget"),
+                           style="bold green" if c is pick else (None if fits else "dim"))
+    console.print(rich_table)
+    unrated = [c for c in candidates if c.top1 is None]
+    lines = [
+        f"Latency measured on {device}: {len(candidates)} candidates timed interleaved, "
+        f"{'/'.join(str(r) for r in repeats)} timed runs each after warm-up, measured {', '.join(dates)}.",
+        ACCURACY_NOTE,
+        f"Spearman rank correlation of latency (median) with MAdds across the {corr['n']} candidates: "
+        f"{corr['madds']:.3f} (with params: {corr['params']:.3f}).",
+    ]
+    busy = [b for c in candidates for b in (c.extra.get("busy_cpus") or []) if b is not None]
+    if busy:
+        lines.append(f"CPUs kept busy by other processes before / after measuring: at most {max(busy):.2f} of "
+                     f"{os.cpu_count()}.")
+        warning = busy_warning(busy, threads)
+        if warning:
+            lines.append(warning)
+    if args.task == "ssdlite":
+        lines.append("ssdlite: latency up to the decoded boxes and scores (no NMS); top-1 is the backbone's, and at "
+                     "the same backbone a larger input counts as better.")
+    if unrated:
+        lines.append(f"No published top-1 (listed, not ranked): {', '.join(c.name for c in unrated)}.")
+    for line in lines:
+        console.print(line)
+
+    out_dir = args.output / f"{args.task}_{args.runtime}_{_budget_str(args.latency_ms)}ms"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [plot(candidates, front, pick, args.latency_ms, args.statistic, title, out_dir / "pareto.png"),
+             write_csv(candidates, front, pick, args.latency_ms, args.statistic, out_dir / "candidates.csv")]
+    if pick is None:
+        fast = fastest(candidates, args.statistic)
+        rated_fast = fastest([c for c in candidates if c.top1 is not None], args.statistic)
+        verdict = (f"No candidate meets the budget of {_budget_str(args.latency_ms)} ms ({args.statistic}): the "
+                   f"fastest is {fast.name} at {fast.latency_ms(args.statistic):.2f} ms ({args.statistic}; median "
+                   f"{fast.latency['median_ms']:.2f} ms)")
+        if rated_fast is not None and rated_fast is not fast:
+            verdict += (f"; the fastest with a published top-1 is {rated_fast.name} at "
+                        f"{rated_fast.latency_ms(args.statistic):.2f} ms")
+        verdict += ". Raise --latency-ms, add --threads, or choose another --runtime."
+        console.print(f"[bold red]{verdict}[/]")
+    else:
+        acc = pick.accuracy
+        verdict = (f"Best under {_budget_str(args.latency_ms)} ms ({args.statistic}): {pick.name} "
+                   f"({pick.point.backbone_label} at {pick.point.image_size} px): p90 {pick.latency['p90_ms']:.2f} ms, "
+                   f"median {pick.latency['median_ms']:.2f} ms; published top-1 {acc.top1:.1f} "
+                   f"({acc.published_name}; {acc.source}); {pick.madds / 1e6:.0f} M MAdds, "
+                   f"{pick.params / 1e6:.2f} M params.")
+        n_fit = sum(c.latency_ms(args.statistic) <= args.latency_ms for c in candidates if c.top1 is not None)
+        verdict += f" ({n_fit} of {len(candidates)} candidates fit the budget.)"
+        console.print(f"[bold green]{verdict}[/]")
+        header = [f"Written by `mobilevision select --task {args.task} --latency-ms {_budget_str(args.latency_ms)} "
+                  f"--runtime {args.runtime}` on {datetime.date.today().isoformat()}.",
+                  f"Pick: {pick.name}: {args.runtime} {args.statistic} {pick.latency_ms(args.statistic):.2f} ms "
+                  f"(median {pick.latency['median_ms']:.2f} ms), {threads} threads, batch {args.batch}, on {device};",
+                  f"published ImageNet top-1 {acc.top1:.1f} ({acc.published_name}), {pick.madds / 1e6:.0f} M MAdds, "
+                  f"{pick.params / 1e6:.2f} M params."]
+        files.append(write_config(pick, args.task, out_dir / "config.yaml", header))
+        if args.verify:
+            verdict += "\n\n" + verify(pick, args, threads, console)
+    md = [f"# mobilevision select: {args.task}, budget {_budget_str(args.latency_ms)} ms ({args.statistic})", "",
+          *[f"- {line}" for line in [f"runtime {args.runtime}, {threads} threads, batch {args.batch}", *lines]], "",
+          "## Pareto front", "", _markdown_table([_row(c) for c in front], ROW_HEADERS), "", "## Pick", "", verdict,
+          "", "## Every candidate", "",
+          _markdown_table([_row(c) for c in sorted(candidates, key=lambda c: c.latency_ms(args.statistic))],
+                          ROW_HEADERS), ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(md))
+    files.insert(0, report)
+    console.print("wrote " + ", ".join(str(f) for f in files) + f" ({time.perf_counter() - t_start:.1f} s)")
+    return 0 if pick is not None else 1
+
+
+def verify(pick: Candidate, args: argparse.Namespace, threads: int, console) -> str:
+    """Re-measure the pick alone, on a freshly built network (a fresh session), and print it against the budget."""
+    import torch
+
+    from ..evaluation.complexity import time_interleaved
+
+    with torch.no_grad():
+        fn, _, _ = prepare(pick.point, args.runtime, threads, args.batch, args.output / "onnx", {},
+                           lambda msg: None)
+    with torch.inference_mode():
+        stats = time_interleaved({"pick": fn}, warmup=args.warmup, repeats=max(args.repeats, 30))["pick"]
+    ok = stats[STATISTICS[args.statistic]] <= args.latency_ms
+    line = (f"verify: {pick.name} alone: median {stats['median_ms']:.2f} ms, p90 {stats['p90_ms']:.2f} ms over "
+            f"{stats['repeats']} runs -> {'within' if ok else 'OVER'} the {_budget_str(args.latency_ms)} ms budget "
+            f"({args.statistic})")
+    console.print(line)
+    return line
