@@ -8,6 +8,8 @@
                               [--error-map map.png] [--no-reference]
     mobilevision eval geolocalization --checkpoint CKPT [--data-file LIST.csv] [--json-out stats.json]
                               [--error-map map.png] [--predictions-out P.csv] [--cell-location center|mean]
+    mobilevision eval segmentation --predictions PRED_DIR --ground-truth GT_DIR --num-classes N
+                              [--ignore-index 255] [--class-names a,b,...] [--json-out stats.json]
 
 Each subcommand is registered by an ``_add_<task>_parser(subparsers)`` function that sets
 ``func`` to its handler ``(args) -> int``; to add a task write those two functions and list the
@@ -392,8 +394,54 @@ def _run_geolocalization(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------- parser ----
+# ----------------------------------------------------------------------------- segmentation ----
+def _add_segmentation_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "segmentation",
+        help="mIoU, pixel accuracy and mean class accuracy of predicted index masks",
+        description="Score a folder of predicted index masks (PNG, palette PNGs read as indices) against a folder "
+        "of ground-truth masks, matched by file stem: a confusion matrix over every labelled pixel (--ignore-index "
+        "left out), per-class IoU, mean IoU over the classes present, pixel accuracy, mean class accuracy.",
+    )
+    p.add_argument("--predictions", type=Path, required=True, help="folder of predicted index masks")
+    p.add_argument("--ground-truth", type=Path, required=True, help="folder of ground-truth index masks")
+    p.add_argument("--num-classes", type=int, required=True, help="number of classes (labels 0..N-1)")
+    p.add_argument("--ignore-index", type=int, default=255, help="ground-truth label left out of the scores")
+    p.add_argument("--class-names", default=None, help="comma-separated class names, in label order")
+    p.add_argument("--json-out", type=Path, default=None,
+                   help="write miou, pixel_acc, mean_acc, per_class_iou (and per_class_acc) here")
+    p.set_defaults(func=_run_segmentation)
+
+
+def _run_segmentation(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..evaluation.segmentation import evaluate_mask_folders, save_segmentation_json
+
+    names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+    stats = evaluate_mask_folders(args.predictions, args.ground_truth, args.num_classes, args.ignore_index, names)
+    table = Table(title=f"segmentation: {args.predictions} vs {args.ground_truth} ({stats['num_images']} masks)")
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    table.add_column("accuracy", justify="right")
+    for name, iou in stats["per_class_iou"].items():
+        acc = stats["per_class_acc"][name]
+        table.add_row(name, "-" if iou is None else f"{iou:.4f}", "-" if acc is None else f"{acc:.4f}")
+    console = Console()
+    console.print(table)
+    console.print(f"mIoU {stats['miou']:.4f}   pixel accuracy {stats['pixel_acc']:.4f}   "
+                  f"mean class accuracy {stats['mean_acc']:.4f}", markup=False)
+    if stats["extra_predictions"]:
+        console.print(f"note: {stats['extra_predictions']} prediction(s) without ground truth were not scored",
+                      markup=False)
+    if args.json_out is not None:
+        print(f"wrote {save_segmentation_json(stats, args.json_out)}")
+    return 0
+
+
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_coco_parser, _add_classification_parser, _add_geolocalization_parser)
+    _add_coco_parser, _add_classification_parser, _add_geolocalization_parser, _add_segmentation_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

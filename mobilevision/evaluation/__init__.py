@@ -70,3 +70,8 @@ __all__ += [
     "save_error_map",
     "save_geo_json",
 ]
+
+# semantic segmentation: confusion matrix -> mIoU, pixel / mean class accuracy
+from .segmentation import evaluate_mask_folders, segmentation_metrics, summarize_confusion  # noqa: E402
+
+__all__ += ["evaluate_mask_folders", "segmentation_metrics", "summarize_confusion"]
