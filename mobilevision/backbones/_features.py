@@ -54,6 +54,12 @@ class Backbone(nn.Module):
     def __init__(self, blocks: Sequence[nn.Module], out_indices: Sequence[int] | None = None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+        self.output_stride = 32
+        self._index_taps(out_indices)
+        init_weights(self)
+
+    def _index_taps(self, out_indices: Sequence[int] | None) -> None:
+        self._requested_out_indices = out_indices
         self.all_feature_info: list[FeatureInfo] = []
         stride = 1
         for i, block in enumerate(self.blocks):
@@ -77,7 +83,38 @@ class Backbone(nn.Module):
         self.out_indices = out_indices
         self._taps = {(f.block, f.expansion): k for k, f in enumerate(self.feature_info)}
         self._last_block = max(f.block for f in self.feature_info)
-        init_weights(self)
+
+    def set_output_stride(self, output_stride: int) -> Backbone:
+        """Trade the last strides for dilation, as DeepLabv3 does: every block whose stride would take the network
+        past ``output_stride`` (8, 16 or 32) runs at stride 1 instead, and every spatial convolution after it is
+        dilated by the strides given up so far (padding ``dilation * (k - 1) / 2``): the "a trous" algorithm, so
+        without global pooling inside (squeeze-excite) the stride-32 outputs are exactly every ``32 / output_stride``-th
+        pixel of the new ones. Same parameters; :attr:`all_feature_info` reports the effective strides (taps that
+        were apart only by a converted stride become one). In place; returns self."""
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        if self.output_stride != 32:
+            raise ValueError(f"output_stride is already {self.output_stride}; set it once, on a fresh backbone")
+        stride, dilation = 1, 1
+        for block in self.blocks:
+            given_up = block.stride if block.stride > 1 and stride * block.stride > output_stride else 1
+            if given_up > 1:
+                for m in block.modules():
+                    if isinstance(m, nn.Conv2d):
+                        m.stride = (1, 1)
+                    elif isinstance(getattr(m, "stride", None), int):
+                        m.stride = 1
+            else:
+                stride *= block.stride
+            if dilation > 1:  # the block that gives its stride up keeps the dilation before it (a trous)
+                for m in block.modules():
+                    if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1:
+                        m.dilation = (dilation, dilation)
+                        m.padding = tuple(dilation * (k - 1) // 2 for k in m.kernel_size)
+            dilation *= given_up
+        self.output_stride = output_stride
+        self._index_taps(self._requested_out_indices)
+        return self
 
     @property
     def feature_info(self) -> list[FeatureInfo]:

@@ -35,6 +35,9 @@ def get_backbone_factory(name: str) -> Callable[..., nn.Module]:
         raise KeyError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}") from None
 
 
-def create_backbone(name: str, **kwargs) -> nn.Module:
-    """Build a registered backbone; keyword arguments go to its factory (width, out_indices, ...)."""
-    return get_backbone_factory(name)(**kwargs)
+def create_backbone(name: str, output_stride: int = 32, **kwargs) -> nn.Module:
+    """Build a registered backbone; keyword arguments go to its factory (width, out_indices, ...).
+    ``output_stride`` 16 or 8 dilates the last stages instead of striding (DeepLabv3; see
+    :meth:`~mobilevision.backbones.Backbone.set_output_stride`)."""
+    backbone = get_backbone_factory(name)(**kwargs)
+    return backbone.set_output_stride(output_stride) if output_stride != 32 else backbone

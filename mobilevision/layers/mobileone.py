@@ -90,8 +90,9 @@ class MobileOneBlock(nn.Module):
         if self.reparam_conv is not None:
             return
         kernel, bias = self._folded_kernel_bias()
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                         self.kernel_size // 2, groups=self.groups, bias=True).to(kernel)
+        ref = self.branches[0][0]  # stride / padding / dilation as the branches run (see Backbone.set_output_stride)
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, ref.stride, ref.padding,
+                         dilation=ref.dilation, groups=self.groups, bias=True).to(kernel)
         conv.weight.copy_(kernel)
         conv.bias.copy_(bias)
         self.reparam_conv = conv
