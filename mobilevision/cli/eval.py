@@ -32,13 +32,11 @@ __all__ = ["build_parser", "main"]
 
 # ------------------------------------------------------------------------------------ shared ----
 def _checkpoint_data_args(ckpt: dict, args: argparse.Namespace) -> dict:
-    """The data module arguments a checkpoint was trained with, for evaluating it: the command line's batch size
-    (and workers, where the subcommand has the option), no image cache."""
-    data_args = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
-    data_args.update(batch_size=args.batch_size, cache_images=False)
-    if getattr(args, "num_workers", None) is not None:
-        data_args["num_workers"] = args.num_workers
-    return data_args
+    """The checkpoint's data module arguments with the command line's batch size (and workers, where the
+    subcommand has the option)."""
+    from ..deploy.evaluate import checkpoint_data_args
+
+    return checkpoint_data_args(ckpt, args.batch_size, getattr(args, "num_workers", None))
 
 
 def _eval_trainer():

@@ -67,22 +67,17 @@ def _calibration_batches(predictor, folder: Path, count: int, batch_size: int):
         yield np.stack(batch)
 
 
-def _check_parity(predictor, model, nms: bool) -> str:
-    """Run the checkpoint (torch) and the ONNX file on the same random batch of 3; raise if they disagree."""
+def _check_parity(predictor, exported, nms: bool) -> str:
+    """Run the checkpoint (torch) and the ONNX file (both :class:`~mobilevision.deploy.Predictor`) on the same random
+    batch of 3; raise if they disagree."""
     import numpy as np
 
     h, w = predictor.image_size
     x = np.random.default_rng(0).random((3, 3, h, w), dtype=np.float32)
-    ours = {k: v.numpy() for k, v in predictor.outputs(x).items()}
-    theirs = model(x) if not nms else None
     if nms:  # compare the final detections
         sizes = [(h, w)] * 3
-        a = predictor.run(x, sizes)
-        from ..deploy import Predictor
-
-        b = Predictor(model.path, score_thresh=predictor.score_thresh).run(x, sizes)
         worst = 0.0
-        for da, db in zip(a, b):
+        for da, db in zip(predictor.run(x, sizes), exported.run(x, sizes)):
             if len(da["scores"]) != len(db["scores"]):
                 raise ValueError(f"ONNX Runtime finds {len(db['scores'])} detections, torch {len(da['scores'])}")
             if len(da["scores"]):
@@ -90,9 +85,11 @@ def _check_parity(predictor, model, nms: bool) -> str:
         if worst > 1e-3:
             raise ValueError(f"ONNX Runtime and torch disagree: scores differ by up to {worst:.2e}")
         return f"ONNX Runtime vs torch on 3 random inputs: same detection counts, scores within {worst:.1e}"
+    ours, theirs = predictor.outputs(x), exported.outputs(x)
     parts = []
     for name, ref in ours.items():
-        diff = float(np.abs(theirs[name] - ref).max())
+        ref = ref.numpy()
+        diff = float(np.abs(theirs[name].numpy() - ref).max())
         scale = float(np.abs(ref).max()) or 1.0
         parts.append(f"{name} max |diff| {diff:.1e} (scale {scale:.2g})")
         if diff > 1e-3 * max(scale, 1.0):
@@ -147,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..deploy import OnnxModel, Predictor, export_onnx, load_any_task
+    from ..deploy import Predictor, export_onnx, load_any_task
     from ..deploy.quantize import quantize_int8
 
     if args.int8 and args.calibration is None:
@@ -165,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     float_path = args.output.with_name(args.output.stem + "_fp32.onnx") if args.int8 else args.output
     export_onnx(task, float_path, ckpt=ckpt, opset=args.opset, batch=args.batch, nms=args.nms)
     print(f"wrote {float_path} in {time.perf_counter() - t:.1f} s")
-    print(_check_parity(predictor, OnnxModel(float_path), args.nms))
+    print(_check_parity(predictor, Predictor(float_path, score_thresh=predictor.score_thresh), args.nms))
     if not args.int8:
         return 0
     batches = list(_calibration_batches(predictor, args.calibration, args.calibration_size, args.batch_size))

@@ -14,7 +14,17 @@ from pytorch_lightning import LightningDataModule
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .predictor import Predictor
 
-__all__ = ["datamodule_of", "evaluate_predictor", "onnx_latency_ms"]
+__all__ = ["checkpoint_data_args", "datamodule_of", "evaluate_predictor", "onnx_latency_ms"]
+
+
+def checkpoint_data_args(ckpt: dict[str, Any], batch_size: int, num_workers: int | None = None) -> dict[str, Any]:
+    """The data module arguments a checkpoint was trained with, for evaluating it: another batch size (and number
+    of workers, when given), no image cache."""
+    args = {k: v for k, v in (ckpt.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
+    args.update(batch_size=batch_size, cache_images=False)
+    if num_workers is not None:
+        args["num_workers"] = num_workers
+    return args
 
 
 def datamodule_of(task, ckpt: dict[str, Any], batch_size: int = 32) -> LightningDataModule:
@@ -24,11 +34,10 @@ def datamodule_of(task, ckpt: dict[str, Any], batch_size: int = 32) -> Lightning
     from ..data.geolocalization import GeolocalizationDataModule
     from .graph import task_kind
 
-    args = {k: v for k, v in (ckpt.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
-    if not args:
+    if not ckpt.get("datamodule_hyper_parameters"):
         raise ValueError("the checkpoint records no data module (trained outside `mobilevision train`?): "
                          "no validation data to measure accuracy on")
-    args.update(batch_size=batch_size, cache_images=False, num_workers=0)
+    args = checkpoint_data_args(ckpt, batch_size, num_workers=0)
     kind = task_kind(task)
     if kind == "detection":
         dm = CocoDetectionDataModule(**args)

@@ -88,7 +88,7 @@ def append_nms(model, score_thresh: float, nms_thresh: float, topk_candidates: i
     d = min(detections_per_img, num_anchors * num_classes)
     consts = {
         "nms_k": np.array([k], np.int64), "nms_d": np.array([d], np.int64),
-        "nms_max_per_class": np.array([d], np.int64), "nms_iou": np.array([nms_thresh], np.float32),
+"nms_iou": np.array([nms_thresh], np.float32),
         "nms_score": np.array([score_thresh], np.float32), "nms_zero": np.array(0.0, np.float32),
         "nms_one": np.array(1.0, np.float32), "nms_minus_one": np.array(-1.0, np.float32),
         "nms_half": np.array(0.5, np.float32), "nms_flat": np.array([0, -1], np.int64),
@@ -107,7 +107,7 @@ def append_nms(model, score_thresh: float, nms_thresh: float, topk_candidates: i
         n("ScatterElements", ["nms_zeros", "nms_top_i", "nms_top_ones"], ["nms_cand"], axis=2),
         n("Greater", ["nms_cand", "nms_half"], ["nms_is_cand"]),
         n("Where", ["nms_is_cand", "nms_scores_t", "nms_minus_one"], ["nms_cand_scores"]),
-        n("NonMaxSuppression", [boxes, "nms_cand_scores", "nms_max_per_class", "nms_iou", "nms_score"],
+        n("NonMaxSuppression", [boxes, "nms_cand_scores", "nms_d", "nms_iou", "nms_score"],
           ["nms_selected"]),                                                            # [K, 3] (b, c, a)
         n("Shape", ["nms_selected"], ["nms_sel_shape"]),
         n("Slice", ["nms_sel_shape", "nms_zero_i", "nms_axis1"], ["nms_sel_count"]),    # [K]

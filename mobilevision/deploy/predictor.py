@@ -60,11 +60,12 @@ class Predictor:
         self.image_size: tuple[int, int] = tuple(self.meta["image_size"])  # type: ignore[assignment]
         self.score_thresh = float(self.meta.get("score_thresh", 0.0) if score_thresh is None else score_thresh)
         h, w = self.image_size
-        if self.meta["preprocess"]["resize"] == "square":
-            self._resize = A.Resize(h, w)
-        else:
-            self._crop = classification_eval_transforms(h, self.meta["preprocess"]["resize_ratio"], to_tensor=False)
-            self._resize = None
+        if self.meta["preprocess"]["resize"] == "square":  # the detection validation resize
+            resize = A.Resize(h, w)
+            self._transform = lambda image: resize(image=image)["image"]
+        else:  # short side + center crop, as classification validates
+            self._transform = classification_eval_transforms(h, self.meta["preprocess"]["resize_ratio"],
+                                                             to_tensor=False)
         self.names: list[str] = list(self.meta.get("class_names") or [])
         self._locations = (torch.tensor(self.meta["cell_locations"], dtype=torch.float64)
                            if self.kind == "geolocalization" else None)
@@ -89,7 +90,7 @@ class Predictor:
     # -- steps ----------------------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """RGB uint8 HxWx3 -> float32 3xHxW in [0, 1] at the model's input size (as the validation pipeline)."""
-        image = self._resize(image=image)["image"] if self._resize is not None else self._crop(image)
+        image = self._transform(image)
         return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
     @torch.no_grad()
