@@ -59,7 +59,8 @@ def test_parse_args_defaults():
     assert full.max_resolution is None and quick.max_resolution == 160
     assert quick.repeats < full.repeats
     assert parse_args(["--quick", "--repeats", "7"]).repeats == 7
-    assert full.sections == quick.sections == ["backbones", "detection", "runtimes"]
+    assert full.sections == quick.sections == ["backbones", "detection", "segmentation", "runtimes"]
+    assert (full.seg_size, quick.seg_size) == (513, 257)
     assert (full.det_size, full.det_width, full.det_batch, full.det_infer_batch) == (320, 1.0, 8, [1, 8])
     assert (quick.det_size, quick.det_width) == (160, 0.5)
     assert (full.runtime_size, quick.runtime_size, full.runtime_batch) == (224, 160, [1, 8])
@@ -93,6 +94,25 @@ def test_benchmark_detection_section(tmp_path):
     assert "## Detection" in md and "| inference | cpu | 2 | 96 |" in md and "| train step | cpu | 2 | 96 |" in md
     assert "Preprocessing: both pipelines time the ImageNet normalization" in md
     assert "paper 4.3 M" in md and "paper 0.8 B" in md
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_benchmark_segmentation_section(tmp_path):
+    """Table 7 of the MobileNetV2 paper: parameters exact at 21 classes, MAdds at 513 whatever the latency size."""
+    sections = main(["--sections", "segmentation", "--seg-size", "65", "--repeats", "1", "--warmup", "0",
+                     "--time-budget", "0.1", "--device", "cpu", "--out", tmp_path])
+    assert [s.csv_name for s in sections] == ["segmentation"]
+    with open(tmp_path / "segmentation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 and all(float(r["cpu_ms"]) > 0 for r in rows)
+    paper = [r for r in rows if r["paper_params"]]
+    assert [(r["network"], r["output_stride"], r["aspp"]) for r in paper] == [
+        ("MNet V1", "16", "yes"), ("MNet V2*", "16", "yes"), ("MNet V2*", "16", "")]
+    for r in paper:
+        assert round(float(r["params"]) / 1e6, 2) == float(r["paper_params"]) / 1e6
+    v2_star = paper[2]
+    assert float(v2_star["madds"]) == pytest.approx(2.75, rel=0.01)
+    assert "## Segmentation" in (tmp_path / "benchmark.md").read_text()
 
 
 @pytest.mark.parametrize("size", [96, 320])

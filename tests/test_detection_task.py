@@ -43,7 +43,7 @@ def test_shortcuts_expand_to_lightning_arguments():
     task, args = expand_shortcuts(["validate", "--config", cfg])
     assert task == "ssdlite" and args == ["validate", "--config", cfg]
     with pytest.raises(SystemExit, match="unknown task"):
-        expand_shortcuts(["--task", "segmentation"])
+        expand_shortcuts(["--task", "depth"])
 
 
 @pytest.mark.parametrize("config", SSDLITE_CONFIGS, ids=lambda p: p.stem)

@@ -116,6 +116,18 @@ class Backbone(nn.Module):
         self._index_taps(self._requested_out_indices)
         return self
 
+    def truncate(self, last_block: int) -> Backbone:
+        """Drop the blocks after ``last_block`` (an index into :attr:`blocks`, negative counts from the end): a head on
+        an earlier map, e.g. DeepLabv3 on MobileNetV2's 320-channel map before its last 1x1 conv (the paper's "V2*",
+        ``last_block=-2``). Taps past the new end are gone; :attr:`num_features` is the new last block's. In place;
+        returns self."""
+        n = len(self.blocks)
+        if not -n <= last_block < n:
+            raise IndexError(f"last_block {last_block} out of range: {type(self).__name__} has {n} blocks")
+        del self.blocks[last_block % n + 1:]
+        self._index_taps(None)
+        return self
+
     @property
     def feature_info(self) -> list[FeatureInfo]:
         """Info of the selected outputs, in the order ``forward`` returns them (increasing stride)."""

@@ -2,18 +2,20 @@
 
 Usage::
 
-    mobilevision benchmark [--quick] [--sections backbones,detection,runtimes] [--backbones a,b,c] [--repeats N]
-                              [--warmup N] [--threads N] [--device auto|cpu|cuda|cpu,cuda] [--out outputs/benchmark]
-                              [--det-size S] [--det-width W] [--det-batch B] [--det-infer-batch 1,8]
-                              [--runtime-models a,b] [--runtime-size S] [--runtime-batch 1,8]
+    mobilevision benchmark [--quick] [--sections backbones,detection,segmentation,runtimes] [--backbones a,b,c]
+                              [--repeats N] [--warmup N] [--threads N] [--device auto|cpu|cuda|cpu,cuda]
+                              [--out outputs/benchmark] [--det-size S] [--det-width W] [--det-batch B]
+                              [--det-infer-batch 1,8] [--seg-size S] [--runtime-models a,b] [--runtime-size S]
+                              [--runtime-batch 1,8]
 
 Writes ``benchmark.md`` (every section), one CSV per section (``backbones.csv``, ``detection.csv``,
-``runtimes.csv``) and
+``segmentation.csv``, ``runtimes.csv``) and
 ``latency_vs_madds.png`` to ``--out``, and prints the same tables with rich.
 
 The report is a list of sections, each built by its own function (:func:`backbone_section`: params,
 MAdds, latency of every backbone against torchvision / timm; :func:`detection_section`: images/s of
-SSDLite inference and training steps against torchvision's SSD pipeline; :func:`runtime_section`: torch
+SSDLite inference and training steps against torchvision's SSD pipeline; :func:`segmentation_section`: DeepLabv3 /
+LR-ASPP params and MAdds against the MobileNetV2 paper's Table 7, and latency; :func:`runtime_section`: torch
 eager vs ONNX Runtime float32 / int8 on the CPU, with the torchvision / timm architecture exported the same
 way) returning a :class:`Section`; a new section is one more function in :data:`SECTIONS`.
 """
@@ -509,6 +511,70 @@ def detection_section(args: argparse.Namespace, devices: Sequence[str], out_dir:
                    notes, after)
 
 
+# -- segmentation section --------------------------------------------------------------------------
+
+#: MobileNetV2 paper (arXiv 1801.04381), Table 7: DeepLabv3 on PASCAL VOC at 513 x 513, 21 classes, output stride 16
+#: (network, backbone, aspp, tap) -> (params, MAdds); V2* = heads on the 320-channel map before the last 1x1 conv
+PAPER_DEEPLAB = {("MNet V1", "mobilenet_v1", True, -1): (11.15e6, 14.25e9),
+                 ("MNet V2*", "mobilenet_v2", True, -2): (4.52e6, 5.8e9),
+                 ("MNet V2*", "mobilenet_v2", False, -2): (2.11e6, 2.75e9)}
+
+
+def _segmentation_columns(devices: Sequence[str]) -> list[Column]:
+    cols = [Column("network", "network"), Column("head", "head"), Column("output_stride", "OS"),
+            Column("aspp", "ASPP"), Column("params", "params (M)", _fmt_millions(2)),
+            Column("paper_params", "paper params (M)", _fmt_millions(2)), Column("madds", "MAdds (B)", _fmt_float(2)),
+            Column("paper_madds", "paper MAdds (B)", _fmt_float(2))]
+    for dev in devices:
+        cols += [Column(f"{dev}_ms", f"{dev} ms", _fmt_float(1)), Column(f"{dev}_runs", f"{dev} runs")]
+    return cols
+
+
+def segmentation_section(args: argparse.Namespace, devices: Sequence[str], out_dir: Path,
+                         log: Callable[[str], None] = print) -> Section:
+    """DeepLabv3 (MobileNetV1 / V2*, with and without ASPP, output stride 16 and 8) and LR-ASPP at 513 x 513, 21
+    classes: params and MAdds against Table 7 of the MobileNetV2 paper, and batch-1 latency."""
+    from ..models import SegmentationModel
+
+    size = args.seg_size  # latency; params and MAdds at the paper's 513
+    configs = [(net, bb, "deeplabv3", os_, aspp, tap) for (net, bb, aspp, tap) in PAPER_DEEPLAB for os_ in (16, 8)]
+    configs.append(("MNet V2", "mobilenet_v2", "lraspp", 16, False, -1))
+    rows: list[dict[str, Any]] = []
+    for net, backbone, head, output_stride, aspp, tap in configs:
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
+        model = SegmentationModel(backbone, 21, head=head, output_stride=output_stride, aspp=aspp, tap=tap).eval()
+        paper = PAPER_DEEPLAB.get((net, backbone, aspp, tap)) if output_stride == 16 and head == "deeplabv3" else None
+        row: dict[str, Any] = {"network": net, "head": head, "output_stride": output_stride,
+                               "aspp": "yes" if aspp else "", "params": count_params(model),
+                               "madds": count_madds(model, (1, 3, 513, 513)) / 1e9,
+                               "paper_params": paper[0] if paper else None,
+                               "paper_madds": paper[1] / 1e9 if paper else None}
+        for dev in devices:
+            model.to(dev)
+            stats = measure_latency_interleaved({"m": model}, torch.rand(1, 3, size, size, device=dev),
+                                                warmup=args.warmup, repeats=args.repeats,
+                                                time_budget_s=args.time_budget)["m"]
+            row[f"{dev}_ms"], row[f"{dev}_runs"] = stats["median_ms"], stats["repeats"]
+            model.to("cpu")
+        rows.append(row)
+        log(f"{net} {head} OS {output_stride}{' ASPP' if aspp else ''}: {row['params'] / 1e6:.2f} M params, "
+            f"{row['madds']:.2f} B MAdds  [{time.perf_counter() - t0:.0f} s]")
+    notes = [
+        "`mobilevision.models.SegmentationModel`, 21 classes (PASCAL VOC), random weights, eval mode, float32, "
+        f"batch 1, logits upsampled to the input size; MAdds at 513 x 513, latency at {size} x {size}. DeepLabv3 = torchvision's ASPP (1x1 + "
+        "image pooling, plus 3x3 atrous branches at rates 6 / 12 / 18 at OS 16, 12 / 24 / 36 at OS 8 with ASPP; "
+        "256 channels) + 1x1 classifier; MNet V2* taps the 320-channel map before MobileNetV2's last 1x1 conv; "
+        "LR-ASPP = torchvision's `LRASPPHead` on MobileNetV2's last map (OS 16) and its last stride-8 map. "
+        "Params and MAdds as in the backbones section; the paper's figures are Table 7 of arXiv 1801.04381 "
+        "(OS 16 rows; its OS 8 rows are multi-scale + flip totals, not comparable with one pass).",
+        f"Latency: median of up to {args.repeats} timed passes after up to {args.warmup} warm-up passes "
+        f"({args.time_budget:g} s per model). CPU threads: torch.get_num_threads() = {torch.get_num_threads()}.",
+    ]
+    return Section("Segmentation: DeepLabv3 / LR-ASPP vs MobileNetV2 paper Table 7", "segmentation",
+                   _segmentation_columns(devices), rows, notes)
+
+
 # -- runtimes section ------------------------------------------------------------------------------
 
 #: models of the runtimes section: name -> label; ``ssdlite`` is SSDLite-MobileNetV2, the rest are classifiers
@@ -818,7 +884,7 @@ def print_section(section: Section, console) -> None:
 
 #: report sections, in report order: name -> function(args, devices, out_dir, log) -> Section
 SECTIONS: dict[str, Callable[..., Section]] = {"backbones": backbone_section, "detection": detection_section,
-                                              "runtimes": runtime_section}
+                                              "segmentation": segmentation_section, "runtimes": runtime_section}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -844,6 +910,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--det-classes", type=int, default=80, help="detection: object classes (without background)")
     p.add_argument("--det-batch", type=int, default=8, help="detection: training-step batch size (at least 2)")
     p.add_argument("--det-infer-batch", default="1,8", help="detection: comma-separated inference batch sizes")
+    p.add_argument("--seg-size", type=int, default=None,
+                   help="segmentation: latency input size (default 513, --quick 257; MAdds are always at 513)")
     p.add_argument("--runtime-models", default=",".join(RUNTIME_MODELS),
                    help=f"runtimes: comma-separated models, of {', '.join(RUNTIME_MODELS)} (SSDLite at --det-size "
                         "and --det-width)")
@@ -857,7 +925,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(None if argv is None else [str(a) for a in argv])
     defaults = {"repeats": (50, 10), "warmup": (5, 2), "time_budget": (15.0, 3.0),
                 "max_resolution": (None, QUICK_MAX_RESOLUTION), "det_size": (320, 160), "det_width": (1.0, 0.5),
-                "runtime_size": (224, QUICK_MAX_RESOLUTION)}
+                "seg_size": (513, 257), "runtime_size": (224, QUICK_MAX_RESOLUTION)}
     for key, (full, quick) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)

@@ -10,12 +10,14 @@
                               [--error-map map.png] [--predictions-out P.csv] [--cell-location center|mean]
     mobilevision eval segmentation --predictions PRED_DIR --ground-truth GT_DIR --num-classes N
                               [--ignore-index 255] [--class-names a,b,...] [--json-out stats.json]
+    mobilevision eval segmentation --checkpoint CKPT [--data-dataset NAME] [--data-root DIR]
+                              [--eval-scales 0.5,0.75,1,1.25,1.5,1.75] [--flip] [--json-out stats.json]
 
 Each subcommand is registered by an ``_add_<task>_parser(subparsers)`` function that sets
 ``func`` to its handler ``(args) -> int``; to add a task write those two functions and list the
-adder in ``_SUBCOMMANDS``. The input source of ``coco`` (``--results`` or ``--checkpoint``) and of
-``geolocalization`` (``--predictions`` or ``--checkpoint``) is a required mutually exclusive group named
-``source``; ``--checkpoint`` runs the model, then evaluates.
+adder in ``_SUBCOMMANDS``. The input source of ``coco`` (``--results`` or ``--checkpoint``), of
+``geolocalization`` and ``segmentation`` (``--predictions`` or ``--checkpoint``) is a required mutually exclusive
+group named ``source``; ``--checkpoint`` runs the model, then evaluates.
 """
 
 from __future__ import annotations
@@ -396,19 +398,59 @@ def _run_geolocalization(args: argparse.Namespace) -> int:
 def _add_segmentation_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "segmentation",
-        help="mIoU, pixel accuracy and mean class accuracy of predicted index masks",
+        help="mIoU, pixel accuracy and mean class accuracy of predicted index masks or of a checkpoint",
         description="Score a folder of predicted index masks (PNG, palette PNGs read as indices) against a folder "
-        "of ground-truth masks, matched by file stem: a confusion matrix over every labelled pixel (--ignore-index "
-        "left out), per-class IoU, mean IoU over the classes present, pixel accuracy, mean class accuracy.",
+        "of ground-truth masks, matched by file stem, or run a SegmentationTask checkpoint on its validation data "
+        "(or --data-*): a confusion matrix over every labelled pixel (the ignore index left out) at each image's "
+        "original size, per-class IoU, mean IoU over the classes present, pixel accuracy, mean class accuracy.",
     )
-    p.add_argument("--predictions", type=Path, required=True, help="folder of predicted index masks")
-    p.add_argument("--ground-truth", type=Path, required=True, help="folder of ground-truth index masks")
-    p.add_argument("--num-classes", type=int, required=True, help="number of classes (labels 0..N-1)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", type=Path, help="folder of predicted index masks")
+    source.add_argument("--checkpoint", type=Path, help="SegmentationTask checkpoint to run on validation data")
+    p.add_argument("--ground-truth", type=Path, help="with --predictions: folder of ground-truth index masks")
+    p.add_argument("--num-classes", type=int, help="with --predictions: number of classes (labels 0..N-1)")
     p.add_argument("--ignore-index", type=int, default=255, help="ground-truth label left out of the scores")
     p.add_argument("--class-names", default=None, help="comma-separated class names, in label order")
+    p.add_argument("--data-dataset", default=None, help="with --checkpoint: shapes, folder, voc, ade20k or "
+                   "cityscapes (default: the checkpoint's)")
+    p.add_argument("--data-root", type=Path, default=None, help="with --checkpoint: the dataset's root folder")
+    p.add_argument("--eval-scales", default=None, metavar="S1,S2,...",
+                   help="with --checkpoint: multi-scale testing, e.g. 0.5,0.75,1,1.25,1.5,1.75 (the papers' MF)")
+    p.add_argument("--flip", action="store_true", help="with --checkpoint: add left-right flipped inputs")
+    p.add_argument("--batch-size", type=int, default=1, help="with --checkpoint: images per batch (default 1)")
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--no-fold", action="store_true", help="with --checkpoint: evaluate MobileOne unfolded")
     p.add_argument("--json-out", type=Path, default=None,
                    help="write miou, pixel_acc, mean_acc, per_class_iou (and per_class_acc) here")
     p.set_defaults(func=_run_segmentation)
+
+
+def _evaluate_segmentation_checkpoint(args: argparse.Namespace) -> tuple[dict, str]:
+    from ..data.segmentation import SegmentationDataModule
+    from ..tasks import SegmentationTask, load_task
+
+    if args.ground_truth is not None or args.num_classes is not None:
+        raise ValueError("--ground-truth / --num-classes go with --predictions; a checkpoint knows its classes")
+    task, ckpt = load_task(args.checkpoint, SegmentationTask)
+    data_args = _checkpoint_data_args(ckpt, args)
+    if args.data_dataset is not None:
+        data_args["dataset"] = args.data_dataset
+    if args.data_root is not None:
+        data_args["root"] = str(args.data_root)
+    data_args["eval_batch_size"] = args.batch_size
+    dm = SegmentationDataModule(**data_args)
+    hp = task.hparams
+    if dm.num_classes != hp.num_classes or (hp.class_names and list(dm.class_names) != list(hp.class_names)):
+        raise ValueError(f"{args.checkpoint} predicts {hp.num_classes} classes {list(hp.class_names or [])[:6]}..., "
+                         f"but the dataset has {dm.num_classes}: {list(dm.class_names)[:6]}...")
+    if args.eval_scales:
+        hp.eval_scales = [float(v) for v in args.eval_scales.split(",")]
+    hp.eval_flip = bool(args.flip) or bool(hp.eval_flip)
+    hp.eval_folded = not args.no_fold
+    _eval_trainer().validate(task, datamodule=dm, verbose=False)
+    where = str(data_args.get("dataset", "shapes")) + (f" at {data_args['root']}" if data_args.get("root") else "")
+    mf = f", scales {hp.eval_scales}" if hp.eval_scales else ""
+    return task.last_metrics, f"{where} (validation split{mf}{', flip' if hp.eval_flip else ''})"
 
 
 def _run_segmentation(args: argparse.Namespace) -> int:
@@ -418,8 +460,15 @@ def _run_segmentation(args: argparse.Namespace) -> int:
     from ..evaluation.segmentation import evaluate_mask_folders, save_segmentation_json
 
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-    stats = evaluate_mask_folders(args.predictions, args.ground_truth, args.num_classes, args.ignore_index, names)
-    table = Table(title=f"segmentation: {args.predictions} vs {args.ground_truth} ({stats['num_images']} masks)")
+    if args.predictions is not None:
+        if args.ground_truth is None or args.num_classes is None:
+            raise ValueError("--predictions needs --ground-truth and --num-classes")
+        stats = evaluate_mask_folders(args.predictions, args.ground_truth, args.num_classes, args.ignore_index, names)
+        title = f"segmentation: {args.predictions} vs {args.ground_truth} ({stats['num_images']} masks)"
+    else:
+        stats, where = _evaluate_segmentation_checkpoint(args)
+        title = f"segmentation: {args.checkpoint} on {where}"
+    table = Table(title=title)
     table.add_column("class")
     table.add_column("IoU", justify="right")
     table.add_column("accuracy", justify="right")
@@ -430,7 +479,7 @@ def _run_segmentation(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"mIoU {stats['miou']:.4f}   pixel accuracy {stats['pixel_acc']:.4f}   "
                   f"mean class accuracy {stats['mean_acc']:.4f}", markup=False)
-    if stats["extra_predictions"]:
+    if stats.get("extra_predictions"):
         console.print(f"note: {stats['extra_predictions']} prediction(s) without ground truth were not scored",
                       markup=False)
     if args.json_out is not None:

@@ -102,6 +102,8 @@ def _headline(kind: str, stats: dict) -> dict[str, float]:
         return {"top1": stats["acc1"], "top5": stats["acc5"]}
     if kind == "detection":
         return {"AP": stats["AP"], "AP50": stats["AP50"]}
+    if kind == "segmentation":
+        return {"mIoU": stats["miou"], "pixel_acc": stats["pixel_acc"]}
     return {"acc_750km": stats["acc_750km"], "acc_2500km": stats["acc_2500km"], "median_km": stats["median_km"]}
 
 

@@ -19,7 +19,11 @@ found under. What is written under ``DIR`` depends on the model's task:
   names; ``frame`` empty for images);
 * geolocalization: ``predictions.csv`` with ``image_id,latitude,longitude,cell,prob,frame`` (``image_id`` the file's
   name, ``name#frame`` for a video frame; ``cell`` the S2 token of the best cell and ``prob`` its probability),
-  readable by ``mobilevision eval geolocalization --predictions``, and ``map.png``, the predicted points.
+  readable by ``mobilevision eval geolocalization --predictions``, and ``map.png``, the predicted points;
+* segmentation: ``masks/<name>.png``, the label map at the image's own size as a palette PNG (pixel values are class
+  indices, shown in VOC's colours; readable by ``mobilevision eval segmentation --predictions``), ``overlays/<name>``
+  the image with the classes blended in and a legend (videos: ``<name>_pred.mp4``; their masks are not written), and
+  ``predictions.csv`` with ``file,frame,mask,classes`` (the classes present with their share of the pixels).
 
 Files that cannot be read or decoded are skipped and named in the summary at the end (also in ``DIR/skipped.txt``);
 the exit code stays 0 as long as something was predicted. A missing source, sources without any image or video,
@@ -53,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mobilevision predict",
         description="Run a mobilevision checkpoint (.ckpt, PyTorch) or ONNX file (ONNX Runtime) on images, folders, "
         "glob patterns and videos, and write the predictions (detection: COCO results JSON and drawn images / "
-        "videos; classification: CSV; geolocalization: CSV and a world map) under --output.")
+        "videos; classification: CSV; geolocalization: CSV and a world map; segmentation: index-PNG masks, "
+        "overlays and a CSV) under --output.")
     p.add_argument("--model", type=Path, required=True, help="checkpoint (.ckpt) or exported model (.onnx)")
     p.add_argument("--source", nargs="+", required=True, metavar="PATH",
                    help="images, folders (recursive), quoted glob patterns or videos")
@@ -232,8 +237,43 @@ class _GeolocalizationWriter(_CsvWriter):
         return wrote
 
 
+class _SegmentationWriter(_CsvWriter):
+    def __init__(self, out: Path, predictor: Any, stride: int) -> None:
+        super().__init__(out, ["file", "frame", "mask", "classes"])
+        self.out, self.names = out, list(predictor.meta.get("class_names") or [])
+        self.video = _VideoSink(out, stride)
+        self.masks = 0
+
+    def add(self, item: Any, result: dict[str, Any]) -> None:
+        from PIL import Image
+
+        from ..data.image_io import save_index_mask
+        from ..evaluation.visualize import overlay_mask
+
+        overlay = overlay_mask(item.image, result["mask"], self.names)
+        classes = ";".join(f"{n}:{f:.4f}" for n, f in sorted(result["fractions"].items(), key=lambda kv: -kv[1]))
+        if item.frame is not None:
+            self.video.write(item.file, overlay)
+            self.row([item.file.name, item.frame, "", classes])
+            return
+        stem = item.file.name[: len(item.file.name) - len(Path(item.file.name).suffix)]
+        save_index_mask(result["mask"], self.out / "masks" / f"{stem}.png")
+        path = self.out / "overlays" / f"{stem}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(overlay).save(path)
+        self.masks += 1
+        self.row([item.file.name, "", f"masks/{stem}.png", classes])
+
+    def close(self) -> list[str]:
+        self.video.close()
+        wrote = super().close()
+        if self.masks:
+            wrote += [f"{self.masks} mask(s) under {self.out / 'masks'}, overlays under {self.out / 'overlays'}"]
+        return wrote + [str(p) for p in self.video.paths]
+
+
 _WRITERS = {"detection": _DetectionWriter, "classification": _ClassificationWriter,
-            "geolocalization": _GeolocalizationWriter}
+            "geolocalization": _GeolocalizationWriter, "segmentation": _SegmentationWriter}
 
 
 # ---------------------------------------------------------------------------------------- run ----

@@ -23,7 +23,8 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from ..data.classification import ClassificationDataModule
 from ..data.detection_datamodule import CocoDetectionDataModule
 from ..data.geolocalization import GeolocalizationDataModule
-from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask
+from ..data.segmentation import SegmentationDataModule
+from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask, SegmentationTask
 from ..tasks._progress import TrainingProgressBar
 from ..tasks.checkpoint import TrainingCheckpoint
 
@@ -48,6 +49,8 @@ TASKS = {
                                ("num_classes", "image_size", "class_names")),
     "geolocalization": TaskSpec(GeolocalizationTask, GeolocalizationDataModule, "geolocalization/geoscenes.yaml",
                                 "val/acc_750km", ("partition_state->partition", "image_size")),
+    "segmentation": TaskSpec(SegmentationTask, SegmentationDataModule, "segmentation/shapes.yaml", "val/miou",
+                             ("num_classes", "image_size", "class_names")),
 }
 
 

@@ -1,10 +1,12 @@
 """Data: COCO detection datasets, bbox-safe augmentation, the shapes demo dataset, a detection data module;
 image classification datasets (image folders, fine-grained benchmarks, the glyphs demo dataset) and data module;
-geotagged photo lists, the geoscenes demo dataset and the geolocalization data module.
+geotagged photo lists, the geoscenes demo dataset and the geolocalization data module; semantic segmentation
+datasets (the shapes masks, VOC, ADE20K, Cityscapes, a user's own CVAT / Roboflow / image + mask folders) and data
+module.
 
 This package depends only on torch / albumentations / pycocotools / Lightning and, for reading COCO
-files the way evaluation reads them, ``mobilevision.coco_format``; it never imports ``mobilevision.models``
-or the tasks.
+files and label masks the way evaluation reads them, ``mobilevision.coco_format`` and
+``mobilevision.evaluation.segmentation``; it never imports ``mobilevision.models`` or the tasks.
 """
 
 from .coco import (
@@ -45,6 +47,20 @@ from .classification import (
 
 from .geolocalization import GEO_DATASETS, GeoImageDataset, GeolocalizationDataModule, GeoSamples, read_geotagged_list
 from .geoscenes import ensure_geoscenes_dataset, render_geoscene
+from .segmentation import (
+    ADE20K_CLASSES,
+    CITYSCAPES_CLASSES,
+    SEGMENTATION_DATASETS,
+    SHAPES_SEGMENTATION_CLASSES,
+    VOC_CLASSES,
+    SegmentationDataModule,
+    SegmentationDataset,
+    SegmentationSamples,
+    SegmentationTransform,
+    segmentation_collate,
+    segmentation_eval_transforms,
+    segmentation_train_transforms,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -98,4 +114,17 @@ __all__ = [
     "ensure_geoscenes_dataset",
     "read_geotagged_list",
     "render_geoscene",
+    # semantic segmentation
+    "ADE20K_CLASSES",
+    "CITYSCAPES_CLASSES",
+    "SEGMENTATION_DATASETS",
+    "SHAPES_SEGMENTATION_CLASSES",
+    "VOC_CLASSES",
+    "SegmentationDataModule",
+    "SegmentationDataset",
+    "SegmentationSamples",
+    "SegmentationTransform",
+    "segmentation_collate",
+    "segmentation_eval_transforms",
+    "segmentation_train_transforms",
 ]

@@ -11,6 +11,10 @@ mask: ``bbox`` is the tight pixel box ``[x, y, w, h]`` of the visible pixels (a 
 covers ``[col, col + 1) x [row, row + 1)``) and ``area`` the number of visible pixels.
 
 Category ids are deliberately non-contiguous (1, 3, 7, 11, 20) to exercise id <-> label mapping.
+
+Next to every JPEG, an index mask (``train_masks/000001.png``, ...) holds the same visible masks for semantic
+segmentation: a palette PNG (VOC colormap) whose value is 0 for the background and ``1..5`` for the
+``SHAPES_CATEGORIES`` in their listed order (``SHAPES_SEGMENTATION_CLASSES``).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ._generated import build_generated_dataset, folder_holds, manifest_matches
+from .image_io import save_index_mask
 
 __all__ = [
     "GENERATOR_VERSION",
     "SHAPES_CATEGORIES",
+    "SHAPES_SEGMENTATION_CLASSES",
     "ShapeObject",
     "ensure_shapes_dataset",
     "generate_shapes_split",
@@ -43,8 +49,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Bump when the rendering changes; a stored dataset with another version is regenerated.
-GENERATOR_VERSION = 1
+#: Bump when the rendering or the files written change; a stored dataset with another version is regenerated.
+GENERATOR_VERSION = 2  # 2: index masks next to the images (the images are unchanged)
 MANIFEST_NAME = "shapes_manifest.json"
 _GENERATOR_TAG = "mobilevision.data.shapes"
 
@@ -57,6 +63,9 @@ SHAPES_CATEGORIES: tuple[dict[str, Any], ...] = (
     {"id": 20, "name": "cross", "supercategory": "shape"},
 )
 _NAME_TO_ID = {c["name"]: c["id"] for c in SHAPES_CATEGORIES}
+#: Semantic segmentation classes: mask value 0 is the background, 1..5 the categories in their listed order.
+SHAPES_SEGMENTATION_CLASSES = ("background", "circle", "square", "triangle", "star", "cross")
+_ID_TO_MASK_VALUE = {c["id"]: i + 1 for i, c in enumerate(SHAPES_CATEGORIES)}
 
 #: Shape extent (nominal diameter) ranges in pixels at the reference size 192 (scaled with the
 #: image size): small U[16, 36] (25%), medium log-U[36, 100] (55%), large U[100, 170] (20%).
@@ -330,15 +339,29 @@ def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), _SPLIT_IDS[split], int(index)])
 
 
-def _render_to_file(args: tuple[str, str, int, int, int, int]) -> list[dict[str, Any]]:
-    out_dir, split, seed, index, image_size, quality = args
+def _index_mask(objects: Sequence[ShapeObject], size: int) -> np.ndarray:
+    """The objects' (disjoint) visible masks as one uint8 label map: 0 background, 1..5 the categories."""
+    index = np.zeros((size, size), dtype=np.uint8)
+    for o in objects:
+        index[o.mask] = _ID_TO_MASK_VALUE[o.category_id]
+    return index
+
+
+def _render_to_file(args: tuple[str, str | None, str, int, int, int, int]) -> list[dict[str, Any]]:
+    out_dir, mask_dir, split, seed, index, image_size, quality = args
     image, objects = render_shapes_image(_image_rng(seed, split, index), image_size)
     Image.fromarray(image).save(os.path.join(out_dir, _file_name(index)), quality=quality, subsampling=0)
+    if mask_dir is not None:
+        save_index_mask(_index_mask(objects, image.shape[0]), os.path.join(mask_dir, _mask_name(index)))
     return [{"category_id": o.category_id, "bbox": list(o.bbox), "area": o.area} for o in objects]
 
 
 def _file_name(index: int) -> str:
     return f"{index + 1:06d}.jpg"
+
+
+def _mask_name(index: int) -> str:
+    return f"{index + 1:06d}.png"
 
 
 def generate_shapes_split(
@@ -351,13 +374,18 @@ def generate_shapes_split(
     *,
     jpeg_quality: int = 90,
     workers: int | None = None,
+    mask_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Render ``num_images`` images of ``split`` into ``out_dir`` and write the COCO json."""
+    """Render ``num_images`` images of ``split`` into ``out_dir`` and write the COCO json; with ``mask_dir``, also
+    the index masks (``000001.png``, ...: 0 background, 1..5 ``SHAPES_CATEGORIES`` in order, VOC palette)."""
     if split not in _SPLIT_IDS:
         raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out_dir), split, int(seed), i, int(image_size), int(jpeg_quality)) for i in range(num_images)]
+    if mask_dir is not None:
+        Path(mask_dir).mkdir(parents=True, exist_ok=True)
+    masks = None if mask_dir is None else str(mask_dir)
+    jobs = [(str(out_dir), masks, split, int(seed), i, int(image_size), int(jpeg_quality)) for i in range(num_images)]
     workers = _default_workers(num_images) if workers is None else workers
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -405,8 +433,10 @@ def shapes_paths(root: str | Path = "datasets/shapes/data") -> dict[str, str]:
         "root": str(root),
         "train_images": str(root / "train"),
         "train_annotations": str(root / "instances_train.json"),
+        "train_masks": str(root / "train_masks"),
         "val_images": str(root / "val"),
         "val_annotations": str(root / "instances_val.json"),
+        "val_masks": str(root / "val_masks"),
         "manifest": str(root / MANIFEST_NAME),
     }
 
@@ -429,6 +459,7 @@ def _is_complete(root: Path, params: dict[str, Any]) -> bool:
         return False
     return all(os.path.isfile(paths[f"{split}_annotations"])
                and folder_holds(paths[f"{split}_images"], (_file_name(i) for i in range(n)))
+               and folder_holds(paths[f"{split}_masks"], (_mask_name(i) for i in range(n)))
                for split, n in (("train", params["num_train"]), ("val", params["num_val"])))
 
 
@@ -451,8 +482,8 @@ def ensure_shapes_dataset(
     ``shapes_manifest.json``); any other non-empty folder raises ``FileExistsError``.
 
     Returns:
-        dict with ``root``, ``train_images``, ``train_annotations``, ``val_images``,
-        ``val_annotations`` and ``manifest`` paths (strings).
+        dict with ``root``, ``train_images``, ``train_annotations``, ``train_masks``, ``val_images``,
+        ``val_annotations``, ``val_masks`` and ``manifest`` paths (strings).
     """
     root = Path(root)
     params = _params(num_train, num_val, image_size, seed, jpeg_quality)
@@ -462,7 +493,8 @@ def ensure_shapes_dataset(
         tmp_paths = shapes_paths(tmp)
         for split, n in (("train", num_train), ("val", num_val)):
             generate_shapes_split(tmp_paths[f"{split}_images"], tmp_paths[f"{split}_annotations"], split, n,
-                                  image_size, seed, jpeg_quality=jpeg_quality, workers=workers)
+                                  image_size, seed, jpeg_quality=jpeg_quality, workers=workers,
+                                  mask_dir=tmp_paths[f"{split}_masks"])
 
     build_generated_dataset(root, params, MANIFEST_NAME, _is_complete, render, "shapes", force)
     return shapes_paths(root)

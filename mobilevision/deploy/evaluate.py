@@ -1,5 +1,5 @@
 """Accuracy and latency of a deployable model (checkpoint under torch, ONNX file float32 or int8) on the
-checkpoint's own validation data, through the same metrics as training: top-1 / top-5, COCO mAP, km accuracy."""
+checkpoint's own validation data, through the same metrics as training: top-1 / top-5, COCO mAP, km accuracy, mIoU."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def datamodule_of(task, ckpt: dict[str, Any], batch_size: int = 32) -> Lightning
     from ..data.classification import ClassificationDataModule
     from ..data.detection_datamodule import CocoDetectionDataModule
     from ..data.geolocalization import GeolocalizationDataModule
+    from ..data.segmentation import SegmentationDataModule
     from .graph import task_kind
 
     if not ckpt.get("datamodule_hyper_parameters"):
@@ -45,6 +46,8 @@ def datamodule_of(task, ckpt: dict[str, Any], batch_size: int = 32) -> Lightning
             dm.use_categories(list(task.hparams.label_to_category_id), task.hparams.category_names)
     elif kind == "classification":
         dm = ClassificationDataModule(**args)
+    elif kind == "segmentation":
+        dm = SegmentationDataModule(**args)
     else:
         dm = GeolocalizationDataModule(**args)
         dm.use_partition(task.partition)
@@ -62,10 +65,12 @@ def evaluate_predictor(predictor: Predictor, dm: LightningDataModule, max_batche
                        progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run ``predictor`` over ``dm``'s validation loader (images un-normalized back to [0, 1], the exported
     input) and score it: ``acc1`` / ``acc5`` (classification), the 12 COCO stats (detection, ``AP``,
-    ``AP50``, ...) or ``acc_{1,25,200,750,2500}km`` and ``median_km`` (geolocalization)."""
+    ``AP50``, ...), ``acc_{1,25,200,750,2500}km`` and ``median_km`` (geolocalization) or ``miou``, ``pixel_acc``, ...
+    (segmentation: each image's mask resized, nearest, to its original labels' size)."""
     from ..evaluation.classification import classification_metrics, summarize_metrics
     from ..evaluation.coco import COCOEvaluator
     from ..evaluation.geolocalization import GeoAccuracy
+    from ..evaluation.segmentation import segmentation_metrics, summarize_confusion
 
     kind = predictor.kind
     loader = dm.val_dataloader()
@@ -74,6 +79,8 @@ def evaluate_predictor(predictor: Predictor, dm: LightningDataModule, max_batche
         metrics = classification_metrics(len(predictor.meta["class_names"]))
     elif kind == "geolocalization":
         metrics = GeoAccuracy()
+    elif kind == "segmentation":
+        metrics = segmentation_metrics(len(predictor.meta["class_names"]), predictor.meta["ignore_index"])
     else:
         metrics = COCOEvaluator(dm.val_coco, label_to_category_id=list(dm.label_to_category_id))
     for i, batch in enumerate(loader):
@@ -87,6 +94,15 @@ def evaluate_predictor(predictor: Predictor, dm: LightningDataModule, max_batche
             metrics.update([{"image_id": int(t["image_id"]), "boxes": torch.as_tensor(r["boxes"]),
                              "scores": torch.as_tensor(r["scores"]),
                              "labels": torch.as_tensor(r["labels"])} for t, r in zip(targets, results)])
+        elif kind == "segmentation":
+            for image, t in zip(images, batch[1]):
+                h, w = (int(v) for v in t["input_size"])
+                rgb = np.clip(np.rint(image[:, :h, :w].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+                mask = torch.from_numpy(predictor([rgb])[0]["mask"].astype(np.int64))
+                if tuple(mask.shape) != tuple(t["mask"].shape):
+                    mask = torch.nn.functional.interpolate(mask[None, None].float(), size=tuple(t["mask"].shape),
+                                                           mode="nearest")[0, 0].long()
+                metrics.update(mask[None], t["mask"][None])
         elif kind == "classification":
             results = predictor.run(images, [images.shape[-2:]] * len(images))
             metrics.update(torch.from_numpy(np.stack([r["probs"] for r in results])), batch[1])
@@ -102,6 +118,8 @@ def evaluate_predictor(predictor: Predictor, dm: LightningDataModule, max_batche
         return summarize_metrics(metrics.compute(), predictor.meta["class_names"])
     if kind == "geolocalization":
         return {k: float(v) for k, v in metrics.compute().items()}
+    if kind == "segmentation":
+        return summarize_confusion(metrics.compute(), predictor.meta["class_names"])
     return metrics.compute()
 
 

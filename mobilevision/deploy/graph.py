@@ -18,7 +18,7 @@ from torchvision.ops import clip_boxes_to_image
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..detection import BoxCoder
-from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask
+from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask, SegmentationTask
 from ..tasks.checkpoint import load_checkpoint, load_task
 
 __all__ = ["DetectionDecoder", "NormalizedNetwork", "TASK_CLASSES", "deployable", "load_any_task", "metadata_of",
@@ -28,7 +28,7 @@ FORMAT_VERSION = 1
 
 #: task kind (as written in the metadata and the output files) -> LightningModule class
 TASK_CLASSES = {"detection": DetectionTask, "classification": ClassificationTask,
-                "geolocalization": GeolocalizationTask}
+                "geolocalization": GeolocalizationTask, "segmentation": SegmentationTask}
 
 
 def task_kind(task: nn.Module) -> str:
@@ -49,6 +49,8 @@ def load_any_task(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         cls = by_name[class_name]
     elif "num_cells" in hp or "cell_location" in hp:  # checkpoints written without LightningCLI
         cls = GeolocalizationTask
+    elif "output_stride" in hp and "head" in hp:
+        cls = SegmentationTask
     elif "min_ratio" in hp or "label_to_category_id" in hp:
         cls = DetectionTask
     else:
@@ -58,7 +60,8 @@ def load_any_task(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
 
 class NormalizedNetwork(nn.Module):
     """``images`` float32 [B, 3, H, W] RGB in [0, 1] -> the network's raw outputs: logits [B, C]
-    (classification, geolocalization cells) or ``(cls_logits [B, A, C + 1], bbox_regression [B, A, 4])``."""
+    (classification, geolocalization cells), [B, C, H, W] (segmentation) or ``(cls_logits [B, A, C + 1],
+    bbox_regression [B, A, 4])``."""
 
     def __init__(self, network: nn.Module, detection: bool, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
         super().__init__()
@@ -125,6 +128,10 @@ def metadata_of(task: nn.Module, ckpt: dict[str, Any] | None = None) -> dict[str
             label_to_category_id=list(hp.label_to_category_id) if hp.label_to_category_id else None,
             outputs=["boxes", "scores"], score_thresh=float(net.score_thresh), nms_thresh=float(net.nms_thresh),
             topk_candidates=int(net.topk_candidates), detections_per_img=int(net.detections_per_img))
+    elif kind == "segmentation":
+        meta.update(preprocess={"resize": "longer_side_pad", "pad": "bottom_right, ImageNet mean"},
+                    outputs=["logits"], ignore_index=int(hp.ignore_index),
+                    class_names=list(hp.class_names) if hp.class_names else [str(i) for i in range(hp.num_classes)])
     else:
         ratio = float(data_hp.get("resize_ratio", 0.875))
         meta["preprocess"] = {"resize": "short_side_center_crop", "resize_ratio": ratio}

@@ -14,15 +14,38 @@ from typing import Any, Sequence
 import albumentations as A
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..data.classification import classification_eval_transforms
+from ..data.transforms import IMAGENET_MEAN
 from ..detection.postprocess import select_detections
 from ..evaluation.coco import scale_boxes
 from ..tasks.geolocalization import locations_from_logits
 from .graph import deployable, load_any_task, metadata_of
 from .onnx import OnnxModel
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "letterbox", "letterbox_shape"]
+
+
+def letterbox_shape(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of an image resized to fit ``size`` (H, W) with its aspect ratio kept."""
+    scale = min(size[0] / height, size[1] / width)
+    return min(size[0], max(1, round(height * scale))), min(size[1], max(1, round(width * scale)))
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 HxWx3 resized to fit ``size`` (aspect kept, bilinear; area when shrinking) and padded bottom / right
+    to ``size`` with the ImageNet mean (zero after normalization)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    nh, nw = letterbox_shape(h, w, size)
+    if (nh, nw) != (h, w):
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR)
+    out = np.empty((size[0], size[1], 3), np.uint8)
+    out[...] = np.rint(np.asarray(IMAGENET_MEAN) * 255).astype(np.uint8)
+    out[:nh, :nw] = image
+    return out
 
 
 class Predictor:
@@ -35,7 +58,11 @@ class Predictor:
       (an ONNX file exported with ``--nms`` has its threshold inside: a lower value cannot be applied there);
     * classification: ``probs`` [C], ``label``, ``name``, ``score`` and the ``top5`` (label, name, score);
     * geolocalization: ``latitude``, ``longitude`` (the checkpoint's rule: best cell or top-k mean), the best
-      ``cell`` (index and S2 ``cell_token``) and its ``prob``.
+      ``cell`` (index and S2 ``cell_token``) and its ``prob``;
+    * segmentation: ``mask``, the label map [H, W] at the image's own size (uint8 up to 256 classes), and
+      ``fractions``, each class's share of the pixels. The image is resized to fit the input (longer side, aspect
+      kept) and padded bottom / right with the ImageNet mean; the logits of the image's part are resized back
+      bilinearly before the argmax.
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "cpu", score_thresh: float | None = None,
@@ -63,6 +90,8 @@ class Predictor:
         if self.meta["preprocess"]["resize"] == "square":  # the detection validation resize
             resize = A.Resize(h, w)
             self._transform = lambda image: resize(image=image)["image"]
+        elif self.meta["preprocess"]["resize"] == "longer_side_pad":  # segmentation
+            self._transform = lambda image: letterbox(image, self.image_size)
         else:  # short side + center crop, as classification validates
             self._transform = classification_eval_transforms(h, self.meta["preprocess"]["resize_ratio"],
                                                              to_tensor=False)
@@ -118,6 +147,8 @@ class Predictor:
             return self._detections(out, sizes)
         if self.kind == "classification":
             return self._classes(out["logits"])
+        if self.kind == "segmentation":
+            return self._masks(out["logits"], sizes)
         return self._locations_of(out["logits"])
 
     # -- postprocessing -------------------------------------------------------------------------------
@@ -155,6 +186,19 @@ class Predictor:
             top = [(int(i), self._name(i), float(s)) for i, s in zip(idx, ps)]
             results.append({"probs": p.numpy(), "label": top[0][0], "name": top[0][1], "score": top[0][2],
                             "top5": top})
+        return results
+
+    def _masks(self, logits: torch.Tensor, sizes) -> list[dict[str, Any]]:
+        results = []
+        dtype = np.uint8 if logits.shape[1] <= 256 else np.int64
+        for scores, (h, w) in zip(logits, sizes):
+            nh, nw = letterbox_shape(h, w, self.image_size)
+            scores = scores[:, :nh, :nw].float()
+            if (nh, nw) != (h, w):
+                scores = F.interpolate(scores[None], size=(int(h), int(w)), mode="bilinear", align_corners=False)[0]
+            mask = scores.argmax(dim=0).numpy().astype(dtype)
+            counts = np.bincount(mask.ravel(), minlength=scores.shape[0]) / mask.size
+            results.append({"mask": mask, "fractions": {self._name(i): float(f) for i, f in enumerate(counts) if f}})
         return results
 
     def _locations_of(self, logits: torch.Tensor) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""Pictures of results: detections drawn on images (torchvision.utils does the drawing) and predicted photo
-locations on a world map (matplotlib)."""
+"""Pictures of results: detections and segmentation masks drawn on images (torchvision.utils does the drawing) and
+predicted photo locations on a world map (matplotlib)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageColor
-from torchvision.utils import draw_bounding_boxes, make_grid
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
-__all__ = ["draw_boxes", "draw_detections", "save_location_map"]
+from ..data.image_io import voc_colormap
+
+__all__ = ["draw_boxes", "draw_detections", "overlay_mask", "save_location_map"]
+
+#: Class names drawn transparent on overlays (the background, VOC's first class).
+BACKGROUND_NAMES = ("background", "_background_", "bg", "__background__")
 
 _PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
             "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
@@ -94,6 +99,40 @@ def draw_boxes(image: np.ndarray, boxes, labels: Sequence[int], texts: Sequence[
         torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.as_tensor(np.asarray(boxes)).float(),
         labels=list(texts), colors=colors, width=width, font=font, font_size=size if font else None, **filled)
     return out.permute(1, 2, 0).numpy()
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str] | None = None,
+                 alpha: float = 0.5, legend: bool = True) -> np.ndarray:
+    """``image`` (RGB uint8 HxWx3) with the label map ``mask`` [H, W] blended in VOC's class colours (classes named
+    like the background, and 255, left clear), and a legend of the classes present. Returns a new array."""
+    h, w = image.shape[:2]
+    mask = np.asarray(mask)
+    names = list(class_names or [])
+    labels = [int(v) for v in np.unique(mask) if v != 255
+              and not (int(v) < len(names) and names[int(v)].lower() in BACKGROUND_NAMES)]
+    if not labels:
+        return np.array(image, copy=True)
+    cmap = voc_colormap(max(256, max(labels) + 1))
+    colors = [tuple(int(c) for c in cmap[v]) for v in labels]
+    masks = torch.from_numpy(np.stack([mask == v for v in labels]))
+    out = draw_segmentation_masks(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), masks, alpha,
+                                  colors).permute(1, 2, 0).numpy()
+    if not legend:
+        return out
+    from PIL import ImageDraw, ImageFont
+
+    size = max(10, round(max(h, w) / 40))
+    font = ImageFont.truetype(_font_path(), size) if _font_path() else ImageFont.load_default()
+    pil = Image.fromarray(out)
+    draw = ImageDraw.Draw(pil)
+    y = 2
+    for v, color in zip(labels, colors):
+        text = names[v] if v < len(names) else str(v)
+        x1, y1, x2, y2 = draw.textbbox((2, y), text, font=font)
+        draw.rectangle((x1 - 2, y1 - 1, x2 + 2, y2 + 1), fill=color)
+        draw.text((2, y), text, fill=_text_color("#%02x%02x%02x" % color), font=font)
+        y = y2 + 3
+    return np.asarray(pil)
 
 
 def save_location_map(latitude, longitude, path: str | os.PathLike, prob=None, title: str | None = None) -> Path:

@@ -14,3 +14,8 @@ __all__ += ["ClassificationTask"]
 from .geolocalization import GeolocalizationTask  # noqa: E402
 
 __all__ += ["GeolocalizationTask"]
+
+# semantic segmentation (DeepLabv3, LR-ASPP)
+from .segmentation import SegmentationTask  # noqa: E402
+
+__all__ += ["SegmentationTask"]

@@ -1,0 +1,991 @@
+"""Semantic segmentation data: datasets in their published layouts, the DeepLab augmentation, a data module.
+
+Labels are int64 class indices ``0..C-1``; ``IGNORE_INDEX`` (255) marks pixels that count nowhere (VOC's object
+borders, ADE20K's "other", Cityscapes' void classes, the padding of training crops).
+
+Batches (:func:`segmentation_collate`):
+
+* train: ``(images float32 [B, 3, S, S] normalized with ImageNet mean/std, masks int64 [B, S, S])``, ``S`` the
+  crop size; the DeepLab recipe: random rescale in ``[scale_min, scale_max]`` (image bilinear, mask nearest), pad
+  bottom / right to ``S`` (image: the mean colour, mask: 255), random ``S x S`` crop, horizontal flip, light
+  photometric jitter;
+* val / test / predict: ``(images float32 [B, 3, H, W], targets)``, the images optionally resized (shorter side to
+  ``eval_size``), normalized and zero-padded bottom / right to the batch's largest ``H``, ``W``; each target is
+  ``{"mask": int64 [h0, w0] at the ORIGINAL image resolution (None for unlabelled prediction images),
+  "input_size": (h, w) the image's unpadded region in the tensor, "orig_size": (h0, w0), "file_name": the image
+  path relative to the images root}``.  Crop the logits to ``input_size`` and resize them to ``orig_size`` before
+  comparing with ``mask``.
+
+Input handling: images are decoded by :func:`~mobilevision.data.image_io.load_rgb_image` (EXIF orientation
+applied; grayscale, palette, 16-bit converted to 8-bit RGB); masks are read as they are stored (no EXIF: annotation
+tools export them in the displayed orientation) by :func:`~mobilevision.evaluation.segmentation.read_index_mask`
+(palette PNGs give their indices, grayscale PNGs their values) or, for colour masks, through a label map.  Before
+training, every sample is checked: missing images or masks and masks whose size (from the file headers) differs
+from their image's are errors naming the files (with a hint when the mask matches the image before its EXIF
+rotation); the masks of a user's own data (``folder``) are also decoded, so label values that are neither classes
+nor 255 and colours missing from the label map are errors too.  The benchmarks' masks are checked the same way
+when loaded.  ``skip_bad=True`` skips such samples instead (the benchmarks: ignores the mask) with a warning that
+counts them and names the first few.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..evaluation.segmentation import IGNORE_INDEX, MASK_EXTENSIONS, read_index_mask
+from ._datamodule import SplitDataModule
+from .image_io import _EXIF_ORIENTATION, _TRANSPOSING_ORIENTATIONS, is_image_file, load_rgb_image, missing_files
+from .shapes import SHAPES_SEGMENTATION_CLASSES, ensure_shapes_dataset, shapes_paths
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, SeededTransform
+
+import albumentations as A  # noqa: E402  (imported after .transforms, which disables the update check)
+import cv2  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
+
+__all__ = [
+    "ADE20K_CLASSES",
+    "CITYSCAPES_CLASSES",
+    "IGNORE_INDEX",
+    "SEGMENTATION_DATASETS",
+    "SHAPES_SEGMENTATION_CLASSES",
+    "VOC_CLASSES",
+    "SegmentationDataModule",
+    "SegmentationDataset",
+    "SegmentationSamples",
+    "SegmentationTransform",
+    "check_samples",
+    "image_folder_samples",
+    "pair_by_stem",
+    "read_cvat_labelmap",
+    "read_label_mask",
+    "read_roboflow_classes",
+    "segmentation_collate",
+    "segmentation_eval_transforms",
+    "segmentation_train_transforms",
+]
+
+logger = logging.getLogger(__name__)
+
+SEGMENTATION_DATASETS = ("shapes", "folder", "voc", "ade20k", "cityscapes")
+
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
+
+#: ADE20K SceneParsing's 150 classes (objectInfo150 order, first synonym): mask value ``v`` is class ``v - 1``.
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet", "sidewalk",
+    "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water", "painting", "sofa",
+    "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp",
+    "bathtub", "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter", "sand",
+    "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table",
+    "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower",
+    "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat",
+    "bar", "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier", "awning",
+    "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel", "pole", "land", "bannister",
+    "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt",
+    "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag",
+    "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal",
+    "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light",
+    "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
+    "clock", "flag",
+)
+
+#: Cityscapes' 19 evaluation classes (train ids 0..18, torchvision's ``Cityscapes.classes``).
+CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+                      "bicycle")
+
+#: VOC's "void" colour (object borders) in colour masks: ignored unless the label map names it.
+_VOC_VOID_COLOR = (224, 224, 192)
+_FOLDER_LAYOUTS_HELP = (
+    "dataset='folder' reads one of: (a) a CVAT 'Segmentation mask 1.1' / PASCAL VOC export: JPEGImages/, "
+    "SegmentationClass/ (colour PNGs), labelmap.txt, ImageSets/Segmentation/train.txt and val.txt; (b) a Roboflow "
+    "'Semantic Segmentation Masks' export: train/ and valid/ holding x.jpg, x_mask.png and _classes.csv; (c) "
+    "images/train, masks/train, images/val, masks/val (index PNGs matched by file stem; classes.txt, one name per "
+    "line, optional) - or pass train_images, train_masks, val_images, val_masks"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# samples and mask decoding
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentationSamples:
+    """One split: image files, their mask files (``None``: unlabelled) and how mask values become labels.
+
+    ``lut`` maps a stored value ``v`` (index / grayscale masks) to the label ``lut[v]``, ``-1`` (or a value past its
+    end) meaning "not a valid value"; ``colors`` maps the RGB colours of colour masks to labels.  ``check_labels``:
+    decode every mask when the dataset is built (a user's own data) instead of when it is loaded.
+    """
+
+    images: list[str]
+    masks: list[str | None]
+    names: list[str]
+    class_names: list[str]
+    name: str
+    lut: np.ndarray | None = None
+    colors: dict[tuple[int, int, int], int] | None = None
+    check_labels: bool = False
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, keep: Sequence[int]) -> SegmentationSamples:
+        return replace(self, images=[self.images[i] for i in keep], masks=[self.masks[i] for i in keep],
+                       names=[self.names[i] for i in keep])
+
+
+def _read_index(path: str) -> np.ndarray:
+    """:func:`read_index_mask`, also accepting an RGB image whose three channels are equal (a grayscale mask
+    saved as RGB)."""
+    try:
+        return read_index_mask(path)
+    except ValueError:
+        try:
+            with Image.open(path) as img:
+                rgb = np.asarray(img.convert("RGB")) if img.mode in ("RGB", "RGBA") else None
+        except OSError:
+            rgb = None
+        if rgb is not None and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+            return rgb[..., 0].astype(np.int64)
+        raise
+
+
+def _color_labels(path: str, colors: dict[tuple[int, int, int], int]) -> np.ndarray:
+    """Labels of a colour mask (RGB or palette PNG) through ``colors``; a grayscale one is read as indices."""
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("L", "I", "I;16", "I;16B", "I;16L"):
+                return np.asarray(img).astype(np.int64)
+            rgb = np.asarray(img.convert("RGB")).astype(np.int32)
+    except OSError as e:
+        raise ValueError(f"cannot read mask {path}: {e}") from e
+    codes, inverse = np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], return_inverse=True)
+    table = np.array([colors.get((int(c) >> 16, (int(c) >> 8) & 255, int(c) & 255), -1) for c in codes], np.int64)
+    unknown = [(int(c) >> 16, (int(c) >> 8) & 255, int(c) & 255) for c in codes[table < 0]]
+    if unknown:
+        shown = ", ".join(f"({r}, {g}, {b})" for r, g, b in unknown[:4])
+        raise ValueError(f"{path}: colour(s) {shown} are not in the label map (known: "
+                         f"{', '.join(str(c) for c in list(colors)[:8])}{' ...' if len(colors) > 8 else ''})")
+    return table[inverse.reshape(rgb.shape[:2])]
+
+
+def _decode_mask(path: str, lut: np.ndarray | None = None,
+                 colors: dict[tuple[int, int, int], int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(stored values, labels)`` int64 [H, W] of a mask file (index / grayscale / colour PNG, SBD ``.mat``)."""
+    if path.endswith(".mat"):  # SBD: scipy is a torchvision SBDataset requirement
+        from scipy.io import loadmat
+
+        raw = np.asarray(loadmat(path)["GTcls"][0]["Segmentation"][0]).astype(np.int64)
+    elif colors is not None:
+        labels = _color_labels(path, colors)
+        return labels, labels
+    else:
+        raw = _read_index(path)
+    if lut is None:
+        return raw, raw
+    labels = np.full(raw.shape, -1, dtype=np.int64)
+    inside = (raw >= 0) & (raw < len(lut))
+    labels[inside] = lut[raw[inside]]
+    return raw, labels
+
+
+def read_label_mask(path: str | os.PathLike, lut: np.ndarray | None = None,
+                    colors: dict[tuple[int, int, int], int] | None = None) -> np.ndarray:
+    """Labels int64 [H, W] of a mask file: index values (through ``lut`` if given) or colours through ``colors``."""
+    return _decode_mask(os.fspath(path), lut, colors)[1]
+
+
+def _label_problem(path: str, raw: np.ndarray, labels: np.ndarray, num_classes: int) -> str | None:
+    bad = (labels < 0) | ((labels >= num_classes) & (labels != IGNORE_INDEX))
+    if not bad.any():
+        return None
+    values = np.unique(raw[bad]).tolist()
+    return (f"{path}: mask value(s) {values[:8]}{' ...' if len(values) > 8 else ''} are not classes "
+            f"0..{num_classes - 1} nor the ignore index {IGNORE_INDEX}")
+
+
+def _size_problem(image: str, mask: str, image_wh: tuple[int, int], mask_wh: tuple[int, int],
+                  orientation: int = 1) -> str | None:
+    if tuple(mask_wh) == tuple(image_wh):
+        return None
+    msg = (f"{mask}: mask is {mask_wh[0]}x{mask_wh[1]} but its image {image} is {image_wh[0]}x{image_wh[1]} "
+           "(width x height)")
+    if orientation in _TRANSPOSING_ORIENTATIONS and tuple(mask_wh) == (image_wh[1], image_wh[0]):
+        msg += (f"; the mask matches the image as stored, before its EXIF orientation ({orientation}: rotated) is "
+                "applied - masks must be in the displayed orientation (re-export the mask from the rotated image, "
+                "or rotate the image's pixels and drop its EXIF orientation)")
+    return msg
+
+
+def _header(path: str) -> tuple[tuple[int, int], int]:
+    """(stored width, height), EXIF orientation, from the file header."""
+    with Image.open(path) as img:
+        return img.size, int(Image.Image.getexif(img).get(_EXIF_ORIENTATION, 1) or 1)
+
+
+def _few(items: Sequence[str], k: int = 5) -> str:
+    return "; ".join(items[:k]) + (f"; ... and {len(items) - k} more" if len(items) > k else "")
+
+
+def _threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def check_samples(samples: SegmentationSamples, num_classes: int, skip_bad: bool = False) -> SegmentationSamples:
+    """Check every sample (see the module docstring); return the usable ones (``skip_bad``) or raise naming the
+    files: ``FileNotFoundError`` when only files are missing, else ``ValueError``."""
+    problems: dict[int, str] = {}
+    missing_images = set(missing_files(samples.images))
+    missing_masks = set(missing_files([m for m in samples.masks if m is not None]))
+    for i, (image, mask) in enumerate(zip(samples.images, samples.masks)):
+        if image in missing_images:
+            problems[i] = f"{image}: image file not found"
+        elif mask in missing_masks:
+            problems[i] = f"{image}: no mask ({mask} not found)"
+    only_missing = bool(problems)
+
+    def check(i: int) -> str | None:
+        image, mask = samples.images[i], samples.masks[i]
+        try:
+            (w, h), orientation = _header(image)
+        except (OSError, SyntaxError, ValueError) as e:
+            return f"cannot read the image header of {image}: {e}"
+        if mask is None:
+            return None
+        shown = (h, w) if orientation in _TRANSPOSING_ORIENTATIONS else (w, h)
+        if samples.check_labels:  # decode: labels and colours checked too
+            try:
+                raw, labels = _decode_mask(mask, samples.lut, samples.colors)
+            except ValueError as e:
+                return str(e)
+            return (_size_problem(image, mask, shown, labels.shape[::-1], orientation)
+                    or _label_problem(mask, raw, labels, num_classes))
+        if mask.endswith(".mat"):
+            return None  # sizes checked when loaded
+        try:
+            mask_wh, _ = _header(mask)
+        except (OSError, SyntaxError, ValueError) as e:
+            return f"cannot read the mask header of {mask}: {e}"
+        return _size_problem(image, mask, shown, mask_wh, orientation)
+
+    todo = [i for i in range(len(samples)) if i not in problems]
+    with ThreadPoolExecutor(max_workers=_threads()) as pool:
+        for i, problem in zip(todo, pool.map(check, todo)):
+            if problem is not None:
+                problems[i], only_missing = problem, False
+    if problems:
+        messages = [problems[i] for i in sorted(problems)]
+        if not skip_bad:
+            error = FileNotFoundError if only_missing else ValueError
+            raise error(f"{samples.name}: {len(messages)} of {len(samples)} samples are unusable (skip_bad=True "
+                        f"skips them): {_few(messages)}")
+        logger.warning("%s: skipped %d of %d samples (skip_bad): %s", samples.name, len(messages), len(samples),
+                       _few(messages))
+        samples = samples.subset([i for i in range(len(samples)) if i not in problems])
+    if not len(samples):
+        raise ValueError(f"{samples.name}: no usable samples")
+    return samples
+
+
+# --------------------------------------------------------------------------------------------
+# layouts
+# --------------------------------------------------------------------------------------------
+
+
+def _walk(folder: str, keep: Any) -> dict[str, str]:
+    """``relative stem -> path`` of the files under ``folder`` for which ``keep(name)``; hidden entries skipped."""
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or not keep(name):
+                continue
+            path = os.path.join(dirpath, name)
+            stem = Path(os.path.relpath(path, folder)).with_suffix("").as_posix()
+            if stem in found:
+                raise ValueError(f"{folder}: two files named {stem!r} ({found[stem]}, {path}): cannot tell which "
+                                 "one a mask belongs to")
+            found[stem] = path
+    return found
+
+
+def _is_mask_file(name: str) -> bool:
+    return name.lower().endswith(MASK_EXTENSIONS)
+
+
+def pair_by_stem(images_dir: str, masks_dir: str, class_names: Sequence[str], name: str, *,
+                 mask_suffix: str = "", **kwargs: Any) -> SegmentationSamples:
+    """Images under ``images_dir`` (recursively) with the mask of the same relative stem (+ ``mask_suffix``) under
+    ``masks_dir``; a missing mask is recorded as the expected ``.png`` path (reported by :func:`check_samples`)."""
+    for folder, what in ((images_dir, "image"), (masks_dir, "mask")):
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{name}: {what} folder {folder} not found")
+    is_mask = (lambda n: _is_mask_file(n) and Path(n).stem.endswith(mask_suffix)) if mask_suffix else _is_mask_file
+    images = _walk(images_dir, lambda n: is_image_file(n) and not (mask_suffix and is_mask(n)))
+    if not images:
+        raise FileNotFoundError(f"{name}: no images in {images_dir}")
+    masks = _walk(masks_dir, is_mask)
+    if mask_suffix:
+        masks = {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
+    unused = sorted(set(masks) - set(images))
+    if unused:
+        logger.warning("%s: %d mask(s) without an image, left out: %s", name, len(unused), _few(unused, 3))
+    stems = list(images)
+    return SegmentationSamples(
+        images=[images[s] for s in stems],
+        masks=[masks.get(s, os.path.join(masks_dir, s + mask_suffix + ".png")) for s in stems],
+        names=[os.path.relpath(images[s], images_dir).replace(os.sep, "/") for s in stems],
+        class_names=list(class_names), name=name, **kwargs)
+
+
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8-sig") as f:
+        return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+
+
+def read_cvat_labelmap(path: str) -> tuple[list[str], dict[tuple[int, int, int], int]]:
+    """Class names and ``colour -> label`` of a CVAT / Datumaro ``labelmap.txt`` (``name:r,g,b:parts:actions``)."""
+    names, colors = [], {}
+    for line in _read_lines(path):
+        fields = line.split(":")
+        try:
+            rgb = tuple(int(v) for v in fields[1].split(","))
+        except (IndexError, ValueError):
+            rgb = ()
+        if len(rgb) != 3:
+            raise ValueError(f"{path}: cannot read the line {line!r} (expected name:r,g,b::)")
+        if rgb in colors:
+            raise ValueError(f"{path}: {fields[0]!r} and {names[colors[rgb]]!r} have the same colour {rgb}")
+        colors[rgb] = len(names)
+        names.append(fields[0].strip())
+    if not names:
+        raise ValueError(f"{path} lists no labels")
+    colors.setdefault(_VOC_VOID_COLOR, IGNORE_INDEX)
+    return names, colors
+
+
+def read_roboflow_classes(path: str) -> tuple[list[str], np.ndarray]:
+    """Class names (by pixel value) and the ``value -> label`` table of a Roboflow ``_classes.csv``
+    (``Pixel Value, Class``)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [[c.strip() for c in row] for row in csv.reader(f) if any(c.strip() for c in row)]
+    try:
+        pairs = sorted((int(r[0]), r[1]) for r in rows[1:])
+    except (IndexError, ValueError) as e:
+        raise ValueError(f"{path}: expected the columns 'Pixel Value, Class' ({e})") from e
+    if not pairs or len({v for v, _ in pairs}) != len(pairs) or not 0 <= pairs[0][0] <= pairs[-1][0] < 255:
+        raise ValueError(f"{path}: pixel values must be distinct, in 0..254 (got {[v for v, _ in pairs]})")
+    lut = np.full(256, -1, dtype=np.int64)
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    for label, (value, _) in enumerate(pairs):
+        lut[value] = label
+    return [n for _, n in pairs], lut
+
+
+def _first_dir(*candidates: str) -> str | None:
+    return next((c for c in candidates if os.path.isdir(c)), None)
+
+
+def _voc_root(root: str) -> str:
+    """The folder holding ``VOCdevkit`` (``root`` may also be ``VOCdevkit`` or ``VOC2012`` itself)."""
+    r = os.path.abspath(root)
+    for base in (r, os.path.dirname(r), os.path.dirname(os.path.dirname(r))):
+        if os.path.isdir(os.path.join(base, "VOCdevkit", "VOC2012")):
+            return base
+    return root
+
+
+def _voc_split(root: str, split: str, sbd: bool, sbd_root: str | None) -> SegmentationSamples:
+    from torchvision.datasets import VOCSegmentation
+
+    base = _voc_root(root)
+    voc_dir = os.path.join(base, "VOCdevkit", "VOC2012")
+    try:
+        voc = VOCSegmentation(base, year="2012", image_set=split, download=False)
+    except (RuntimeError, OSError) as e:
+        raise FileNotFoundError(
+            f"voc: PASCAL VOC 2012 not found under {root} ({type(e).__name__}: {e}); expected "
+            f"{voc_dir}/JPEGImages, SegmentationClass, ImageSets/Segmentation/{split}.txt (from "
+            "VOCtrainval_11-May-2012.tar; mobilevision never downloads)") from e
+    images, masks = list(voc.images), list(voc.masks)
+    name = f"voc {split}"
+    if split == "train" and sbd:
+        aug_dir = os.path.join(voc_dir, "SegmentationClassAug")
+        aug_list = os.path.join(voc_dir, "ImageSets", "Segmentation", "trainaug.txt")
+        if os.path.isdir(aug_dir) and os.path.isfile(aug_list):  # the usual 10582-image "trainaug" layout
+            stems = [Path(line.split()[0]).stem for line in _read_lines(aug_list)]
+            images = [os.path.join(voc_dir, "JPEGImages", s + ".jpg") for s in stems]
+            masks = [os.path.join(aug_dir, s + ".png") for s in stems]
+            name = "voc trainaug"
+        else:
+            images, masks = _add_sbd(root, base, voc_dir, sbd_root, images, masks)
+            name = "voc train + sbd"
+    return SegmentationSamples(images, masks, [os.path.basename(p) for p in images], list(VOC_CLASSES), name)
+
+
+def _add_sbd(root: str, base: str, voc_dir: str, sbd_root: str | None, images: list[str],
+             masks: list[str]) -> tuple[list[str], list[str]]:
+    """VOC train + SBD's images that are neither in it nor in VOC 2012 val (torchvision ``SBDataset``)."""
+    from torchvision.datasets import SBDataset
+
+    sbd_dir = sbd_root or _first_dir(os.path.join(base, "SBD"), os.path.join(root, "SBD"),
+                                     os.path.join(base, "benchmark_RELEASE", "dataset"))
+    if sbd_dir is None:
+        raise FileNotFoundError(
+            f"voc: voc_sbd=True but neither {voc_dir}/SegmentationClassAug + ImageSets/Segmentation/trainaug.txt "
+            f"nor SBD ({os.path.join(base, 'SBD')}: img/, cls/, train.txt, val.txt) was found; pass sbd_root=, or "
+            "voc_sbd=False to train on the 1464 VOC train images only")
+    sets = ["train_noval"] if os.path.isfile(os.path.join(sbd_dir, "train_noval.txt")) else ["train", "val"]
+    val_stems = set(_read_lines(os.path.join(voc_dir, "ImageSets", "Segmentation", "val.txt")))
+    seen = {Path(p).stem for p in images}
+    images, masks = list(images), list(masks)
+    for image_set in sets:
+        try:
+            sbd = SBDataset(sbd_dir, image_set=image_set, mode="segmentation", download=False)
+        except (RuntimeError, OSError) as e:
+            raise FileNotFoundError(f"voc: cannot read SBD under {sbd_dir} ({type(e).__name__}: {e}); expected "
+                                    "img/, cls/ and train.txt, val.txt (or train_noval.txt)") from e
+        for image, mask in zip(sbd.images, sbd.masks):
+            stem = Path(image).stem
+            if stem not in seen and stem not in val_stems:
+                seen.add(stem)
+                images.append(image)
+                masks.append(mask)
+    return images, masks
+
+
+def _ade20k_split(root: str, split: str) -> SegmentationSamples:
+    base = _first_dir(os.path.join(root, "ADEChallengeData2016"), root)
+    sub = "training" if split == "train" else "validation"
+    images_dir, masks_dir = os.path.join(base, "images", sub), os.path.join(base, "annotations", sub)
+    if not os.path.isdir(images_dir) or not os.path.isdir(masks_dir):
+        raise FileNotFoundError(f"ade20k: {images_dir} / {masks_dir} not found (ADEChallengeData2016.zip of the "
+                                "MIT SceneParsing benchmark; mobilevision never downloads)")
+    lut = np.full(256, -1, dtype=np.int64)  # 0 "other" -> ignored, 1..150 -> 0..149
+    lut[0] = IGNORE_INDEX
+    lut[1:151] = np.arange(150)
+    return pair_by_stem(images_dir, masks_dir, ADE20K_CLASSES, f"ade20k {sub}", lut=lut)
+
+
+def _cityscapes_split(root: str, split: str) -> SegmentationSamples:
+    from torchvision.datasets import Cityscapes
+
+    try:
+        ds = Cityscapes(root, split=split, mode="fine", target_type="semantic")
+    except (RuntimeError, OSError) as e:
+        raise FileNotFoundError(f"cityscapes: not found under {root} ({type(e).__name__}: {e}); expected "
+                                f"leftImg8bit/{split}/<city>/*_leftImg8bit.png and gtFine/{split}/<city>/"
+                                "*_gtFine_labelIds.png (mobilevision never downloads)") from e
+    lut = np.full(256, -1, dtype=np.int64)
+    for c in Cityscapes.classes:
+        if 0 <= c.id < 256:
+            lut[c.id] = c.train_id if 0 <= c.train_id < IGNORE_INDEX else IGNORE_INDEX
+    order = sorted(range(len(ds.images)), key=lambda i: ds.images[i])
+    images = [ds.images[i] for i in order]
+    return SegmentationSamples(images, [ds.targets[i][0] for i in order],
+                               [os.path.relpath(p, ds.images_dir).replace(os.sep, "/") for p in images],
+                               list(_cityscapes_classes()), f"cityscapes {split}", lut=lut)
+
+
+def _cityscapes_classes() -> tuple[str, ...]:
+    from torchvision.datasets import Cityscapes
+
+    by_id = {c.train_id: c.name for c in Cityscapes.classes if 0 <= c.train_id < IGNORE_INDEX}
+    return tuple(by_id[i] for i in range(len(by_id)))
+
+
+def image_folder_samples(folder: str, class_names: Sequence[str] = ()) -> SegmentationSamples:
+    """The images under ``folder`` (recursively, sorted), without masks (prediction)."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    images = list(_walk(folder, is_image_file).values())
+    if not images:
+        raise FileNotFoundError(f"no images in {folder}")
+    return SegmentationSamples(images, [None] * len(images),
+                               [os.path.relpath(p, folder).replace(os.sep, "/") for p in images],
+                               list(class_names), folder)
+
+
+# --------------------------------------------------------------------------------------------
+# transforms
+# --------------------------------------------------------------------------------------------
+
+
+class SegmentationTransform(SeededTransform):
+    """Picklable ``A.Compose`` called as ``transform(image, mask=None) -> (image, mask)`` on an HxWx3 uint8 RGB
+    image and an HxW uint8 label mask (``None``: image only); seeded from torch's global generator on every call
+    (see :class:`~mobilevision.data.transforms.SeededTransform`)."""
+
+    def __init__(self, transforms: Sequence[A.BasicTransform]) -> None:
+        super().__init__(A.Compose(list(transforms)))
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[Any, Any]:
+        self._reseed()
+        if mask is None:
+            return self.compose(image=image)["image"], None
+        out = self.compose(image=image, mask=mask)
+        return out["image"], out["mask"]
+
+
+def _normalize(mean: Sequence[float], std: Sequence[float], to_tensor: bool) -> list[A.BasicTransform]:
+    if not to_tensor:
+        return []
+    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+
+
+def segmentation_train_transforms(
+    crop_size: int,
+    scale_min: float = 0.5,
+    scale_max: float = 2.0,
+    *,
+    hflip: bool = True,
+    vflip: bool = False,
+    photometric: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    to_tensor: bool = True,
+) -> SegmentationTransform:
+    """DeepLab training pipeline: random rescale by a factor in ``[scale_min, scale_max]`` (image bilinear / area,
+    mask nearest), pad bottom / right to ``crop_size`` (image: the mean colour, mask: ``IGNORE_INDEX``), random
+    ``crop_size`` square crop, horizontal (and optionally vertical) flip, light colour jitter (p 0.5), normalize.  ``to_tensor=False`` stops
+    before the normalization (uint8 output, for inspection and tests)."""
+    if not 0 < scale_min <= scale_max:
+        raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
+    fill = tuple(int(round(m * 255)) for m in mean)
+    ops: list[A.BasicTransform] = []
+    if (scale_min, scale_max) != (1.0, 1.0):
+        ops.append(A.RandomScale(scale_limit=(scale_min - 1.0, scale_max - 1.0), interpolation=cv2.INTER_LINEAR,
+                                 mask_interpolation=cv2.INTER_NEAREST, area_for_downscale="image", p=1.0))
+    ops += [A.PadIfNeeded(crop_size, crop_size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=fill,
+                          fill_mask=IGNORE_INDEX),
+            A.RandomCrop(crop_size, crop_size)]
+    if hflip:
+        ops.append(A.HorizontalFlip(p=0.5))
+    if vflip:
+        ops.append(A.VerticalFlip(p=0.5))
+    if photometric:
+        ops.append(A.ColorJitter(brightness=(0.8, 1.2), contrast=(0.8, 1.2), saturation=(0.8, 1.2), hue=(-0.02, 0.02),
+                                 p=0.5))
+    return SegmentationTransform(ops + _normalize(mean, std, to_tensor))
+
+
+def segmentation_eval_transforms(
+    eval_size: int | None = None,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    to_tensor: bool = True,
+) -> SegmentationTransform:
+    """Evaluation pipeline for the image only: shorter side resized to ``eval_size`` (None: full resolution),
+    normalize.  The label mask stays at the original resolution."""
+    ops: list[A.BasicTransform] = []
+    if eval_size is not None:
+        ops.append(A.SmallestMaxSize(max_size=int(eval_size), interpolation=cv2.INTER_LINEAR,
+                                     area_for_downscale="image"))
+    return SegmentationTransform(ops + _normalize(mean, std, to_tensor))
+
+
+# --------------------------------------------------------------------------------------------
+# dataset and collate
+# --------------------------------------------------------------------------------------------
+
+
+class SegmentationDataset(Dataset):
+    """Samples of a :class:`SegmentationSamples`, checked at construction (:func:`check_samples`).
+
+    ``train=True``: items are ``(image, mask)`` after ``transform(image, mask)`` (a
+    :func:`segmentation_train_transforms`), the mask int64.  Otherwise ``(image, target)`` with the image through
+    ``transform`` (default :func:`segmentation_eval_transforms`) and the target dict of the module docstring.
+    ``cache_images`` decodes every image and mask once up front (threads) and keeps them in memory.
+    """
+
+    def __init__(self, samples: SegmentationSamples, transform: SegmentationTransform | None = None, *,
+                 train: bool = False, num_classes: int | None = None, skip_bad: bool = False,
+                 cache_images: bool = False, check: bool = True) -> None:
+        self.num_classes = int(num_classes if num_classes is not None else len(samples.class_names))
+        if not 1 <= self.num_classes <= IGNORE_INDEX:
+            raise ValueError(f"{samples.name}: {self.num_classes} classes; 1..{IGNORE_INDEX} supported "
+                             f"({IGNORE_INDEX} is the ignore index)")
+        n = len(samples)
+        self.samples = check_samples(samples, self.num_classes, skip_bad) if check else samples
+        if train and transform is None:
+            raise ValueError("a training dataset needs a transform (segmentation_train_transforms)")
+        if train and any(m is None for m in self.samples.masks):
+            raise ValueError(f"{samples.name}: training needs a mask for every image")
+        self.transform = transform if transform is not None else segmentation_eval_transforms()
+        self.train = bool(train)
+        self.skip_bad = bool(skip_bad)
+        self.class_names = list(samples.class_names)
+        self.stats = {"images": len(self.samples), "skipped": n - len(self.samples)}
+        self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        if cache_images:
+            with ThreadPoolExecutor(max_workers=_threads()) as pool:
+                self._cache = list(pool.map(self._load, range(len(self.samples))))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        image = load_rgb_image(self.samples.images[index])
+        path = self.samples.masks[index]
+        if path is None:
+            return image, None
+        try:
+            raw, labels = _decode_mask(path, self.samples.lut, self.samples.colors)
+            problem = (_size_problem(self.samples.images[index], path, image.shape[1::-1], labels.shape[::-1])
+                       or _label_problem(path, raw, labels, self.num_classes))
+        except ValueError as e:
+            problem = str(e)
+        if problem is not None:
+            if not self.skip_bad:
+                raise ValueError(f"{problem} (skip_bad=True ignores such masks)")
+            logger.warning("%s; ignoring the mask (skip_bad)", problem)
+            labels = np.full(image.shape[:2], IGNORE_INDEX)
+        return image, labels.astype(np.uint8)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(image HxWx3 uint8, label mask HxW uint8 or None)`` of sample ``index``, before any transform."""
+        return self._cache[index] if self._cache is not None else self._load(index)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        image, mask = self.load(index)
+        if self.train:
+            image_t, mask_t = self.transform(image, mask)
+            return image_t, torch.as_tensor(mask_t).long()
+        image_t, _ = self.transform(image)
+        target = {
+            "mask": None if mask is None else torch.from_numpy(mask.astype(np.int64)),
+            "input_size": tuple(int(s) for s in image_t.shape[-2:]),
+            "orig_size": (int(image.shape[0]), int(image.shape[1])),
+            "file_name": self.samples.names[index],
+        }
+        return image_t, target
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.samples.name}: {len(self)} images, {self.num_classes} classes)"
+
+
+def segmentation_collate(batch: list[tuple[torch.Tensor, Any]]) -> tuple[torch.Tensor, Any]:
+    """Training items ``(image, mask)``: stacked.  Evaluation items ``(image, target)``: images zero-padded bottom /
+    right to the batch's largest height and width (``target["input_size"]`` is the valid region), targets a list."""
+    images, targets = zip(*batch)
+    if isinstance(targets[0], torch.Tensor):
+        return torch.stack(images), torch.stack(targets)
+    h, w = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
+    out = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+    for k, image in enumerate(images):
+        out[k, :, : image.shape[-2], : image.shape[-1]] = image
+    return out, list(targets)
+
+
+# --------------------------------------------------------------------------------------------
+# data module
+# --------------------------------------------------------------------------------------------
+
+
+class SegmentationDataModule(SplitDataModule):
+    """Semantic segmentation data (defaults to the embedded shapes dataset); batches as in the module docstring.
+
+    Datasets (nothing is ever downloaded; torchvision's dataset classes read the benchmarks' file lists):
+
+    * ``"shapes"``: the generated shapes dataset's index masks (6 classes: background + 5 shapes), generated under
+      ``shapes_root`` by ``prepare_data()`` on first use (the same folder as the detection task's);
+    * ``"voc"``: PASCAL VOC 2012 under ``root`` (the folder holding ``VOCdevkit``), 21 classes, val = ``val``
+      (1449); train = ``train`` (1464) or, with ``voc_sbd``, the usual 10582-image "trainaug" set:
+      ``VOC2012/SegmentationClassAug/`` + ``ImageSets/Segmentation/trainaug.txt`` when present, else VOC train +
+      SBD (torchvision ``SBDataset`` under ``sbd_root``, default ``root/SBD``; ``train_noval`` when listed, else
+      train + val) without the VOC val images;
+    * ``"ade20k"``: ``ADEChallengeData2016/{images,annotations}/{training,validation}`` under ``root``, 150 classes
+      (mask value 0 "other" -> 255, ``v`` -> ``v - 1``);
+    * ``"cityscapes"``: ``leftImg8bit`` + ``gtFine`` ``*_labelIds.png`` under ``root`` (torchvision ``Cityscapes``),
+      mapped to the 19 train ids (the others -> 255);
+    * ``"folder"``: a user's own data under ``root``, layout detected from what is there:
+
+      - a CVAT "Segmentation mask 1.1" / PASCAL VOC export: ``JPEGImages/``, ``SegmentationClass/`` (colour PNGs:
+        colour -> class through ``labelmap.txt``, ``name:r,g,b::`` lines; a colour not in it is an error naming
+        the file; VOC's border colour 224,224,192 is ignored unless listed), ``ImageSets/Segmentation/train.txt``
+        and ``val.txt`` (an export with only ``default.txt`` needs a ``val.txt`` first);
+      - a Roboflow "Semantic Segmentation Masks" export: ``train/`` and ``valid/`` (or ``val/``) holding ``x.jpg``
+        and ``x_mask.png`` (grayscale values) and ``_classes.csv`` (``Pixel Value, Class``: classes in pixel value
+        order);
+      - ``images/train``, ``masks/train``, ``images/val``, ``masks/val`` (index PNGs: palette indices or grayscale
+        values; masks matched to images by relative path without extension) with an optional ``classes.txt`` (one
+        name per line) in ``root``; ``train_images`` / ``train_masks`` / ``val_images`` / ``val_masks`` replace
+        those folders (then ``root`` is only needed for ``classes.txt``).
+
+      Class names come from the label map / ``_classes.csv`` / ``classes.txt`` (``class_names``, if given, must
+      agree), else ``class_names``, else ``num_classes`` (names "0", "1", ...); at most 255 classes.  Every mask
+      is decoded at setup to check it.
+
+    Args:
+        dataset / root / train_images / train_masks / val_images / val_masks / class_names / num_classes: see above.
+        crop_size: training crop side S (the model's ``image_size``); 512 suits VOC / ADE20K, 769 or 1024
+            Cityscapes, the shapes image size (192) shapes.
+        scale_min / scale_max: the training random rescale range (DeepLab: 0.5 - 2.0).
+        eval_size: evaluation images resized to this shorter side; None: full resolution (the usual protocol).
+        hflip / vflip / photometric: training horizontal flip / vertical flip (scenes without an up, such as
+            shapes) / light colour jitter.
+        batch_size: training batch size.
+        eval_batch_size: validation / test / predict batch size (images padded to the batch's largest); None:
+            ``batch_size`` for shapes (one image size), 1 otherwise.
+        num_workers / pin_memory: DataLoader settings.
+        voc_sbd / sbd_root: train VOC on trainaug (see above) / where SBD is.
+        skip_bad: skip unusable samples with a warning instead of raising (see the module docstring).
+        cache_images: decode the training and validation images and masks once and keep them in memory.
+        predict_images: folder of images for ``predict`` (targets without masks); default: the validation set.
+        shapes_root / shapes_num_train / shapes_num_val / shapes_image_size / shapes_seed: the embedded dataset's
+            location and generation parameters (the detection data module's defaults: one generated folder).
+
+    ``num_classes``, ``class_names`` and ``image_size`` (= ``crop_size``) are known before ``setup`` (the CLI links
+    them to the model); ``ignore_index`` is 255.
+    """
+
+    ignore_index = IGNORE_INDEX
+
+    def __init__(
+        self,
+        dataset: str = "shapes",
+        root: str | None = None,
+        train_images: str | None = None,
+        train_masks: str | None = None,
+        val_images: str | None = None,
+        val_masks: str | None = None,
+        class_names: list[str] | None = None,
+        num_classes: int | None = None,
+        crop_size: int = 512,
+        scale_min: float = 0.5,
+        scale_max: float = 2.0,
+        eval_size: int | None = None,
+        hflip: bool = True,
+        vflip: bool = False,
+        photometric: bool = True,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        voc_sbd: bool = True,
+        sbd_root: str | None = None,
+        skip_bad: bool = False,
+        cache_images: bool = False,
+        predict_images: str | None = None,
+        shapes_root: str = "datasets/shapes/data",
+        shapes_num_train: int = 2000,
+        shapes_num_val: int = 200,
+        shapes_image_size: int = 192,
+        shapes_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # stored in checkpoints: mobilevision eval finds the data a model was trained on
+        self.collate_fn = segmentation_collate
+        if dataset not in SEGMENTATION_DATASETS:
+            raise ValueError(f"dataset must be one of {SEGMENTATION_DATASETS}, got {dataset!r}")
+        folders = (train_images, train_masks, val_images, val_masks)
+        if dataset != "folder" and any(f is not None for f in folders):
+            raise ValueError("train_images / train_masks / val_images / val_masks are for dataset='folder'")
+        if root is None and (dataset not in ("shapes", "folder")
+                             or dataset == "folder" and not all(f is not None for f in folders)):
+            raise ValueError(f"dataset {dataset!r} needs root= (the folder holding the data)")
+        if int(crop_size) < 8:
+            raise ValueError(f"crop_size must be >= 8, got {crop_size}")
+        if not 0 < scale_min <= scale_max:
+            raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
+        self.dataset = dataset
+        self.root = root
+        self.folders = dict(zip(("train_images", "train_masks", "val_images", "val_masks"), folders))
+        self._given_class_names = list(class_names) if class_names is not None else None
+        self._given_num_classes = num_classes
+        self.crop_size = int(crop_size)
+        self.scale_min, self.scale_max = float(scale_min), float(scale_max)
+        self.eval_size = None if eval_size is None else int(eval_size)
+        self.hflip, self.vflip, self.photometric = bool(hflip), bool(vflip), bool(photometric)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size if eval_batch_size is not None else
+                                   (batch_size if dataset == "shapes" else 1))
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.voc_sbd, self.sbd_root = bool(voc_sbd), sbd_root
+        self.skip_bad, self.cache_images = bool(skip_bad), bool(cache_images)
+        self.predict_images = predict_images
+        self.shapes_root = str(shapes_root)
+        self.shapes_kwargs = {"num_train": int(shapes_num_train), "num_val": int(shapes_num_val),
+                              "image_size": int(shapes_image_size), "seed": int(shapes_seed)}
+        self.train_dataset: SegmentationDataset | None = None
+        self.val_dataset: SegmentationDataset | None = None
+        self.predict_dataset: SegmentationDataset | None = None
+        self._layout: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------------------- metadata
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label order (known before ``setup``)."""
+        return list(self._meta()["class_names"])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, background included where the dataset has one (known before ``setup``)."""
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> int:
+        """The training crop side (the model's input size)."""
+        return self.crop_size
+
+    def _meta(self) -> dict[str, Any]:
+        """``{"class_names", "kind", ...}``: the classes and, for ``folder``, the detected layout."""
+        if self._layout is not None:
+            return self._layout
+        fixed = {"shapes": SHAPES_SEGMENTATION_CLASSES, "voc": VOC_CLASSES, "ade20k": ADE20K_CLASSES}
+        if self.dataset in fixed or self.dataset == "cityscapes":
+            names = list(fixed[self.dataset] if self.dataset in fixed else _cityscapes_classes())
+            layout = {"kind": self.dataset, "class_names": names, "from": f"dataset {self.dataset!r}"}
+        else:
+            layout = self._detect_folder_layout()
+        names = layout["class_names"]
+        given, n = self._given_class_names, self._given_num_classes
+        if names is None:
+            if given is not None:
+                names = given
+            elif n is not None:
+                names = [str(i) for i in range(int(n))]
+            else:
+                raise ValueError(f"{self.root}: no label map, _classes.csv or classes.txt (one class name per line) "
+                                 "to name the classes; pass class_names= (or num_classes=)")
+        elif given is not None and list(given) != list(names):
+            raise ValueError(f"class_names {given} differ from the {len(names)} classes of {layout['from']}: {names}")
+        if n is not None and int(n) != len(names):
+            raise ValueError(f"num_classes={n} but {layout.get('from', 'class_names')} has {len(names)} classes")
+        if not 2 <= len(names) <= IGNORE_INDEX:
+            raise ValueError(f"{len(names)} classes: segmentation needs 2..{IGNORE_INDEX} ({IGNORE_INDEX} is the "
+                             "ignore index)")
+        layout["class_names"] = list(names)
+        self._layout = layout
+        # the resolved classes in the saved (and logged: "initial") hyper-parameters: they equal the model's (linked
+        # from here), as Lightning requires of keys both have, and a checkpoint's data module re-creates them
+        for hparams in (self.hparams, getattr(self, "_hparams_initial", None)):
+            if hparams is not None:
+                hparams.update(class_names=list(names), num_classes=len(names))
+        return layout
+
+    def _detect_folder_layout(self) -> dict[str, Any]:
+        root, given = self.root, {k: v for k, v in self.folders.items() if v is not None}
+        classes_txt = os.path.join(root, "classes.txt") if root is not None else None
+        plain = {"kind": "plain", "from": classes_txt,
+                 "class_names": _read_lines(classes_txt) if classes_txt and os.path.isfile(classes_txt) else None}
+        if given or root is None:
+            return plain
+        if os.path.isfile(os.path.join(root, "labelmap.txt")) or os.path.isdir(os.path.join(root, "SegmentationClass")):
+            labelmap = os.path.join(root, "labelmap.txt")
+            if not os.path.isfile(labelmap):
+                raise FileNotFoundError(f"{root} looks like a CVAT / VOC export (SegmentationClass/) but has no "
+                                        "labelmap.txt (name:r,g,b:: lines) to map the mask colours to classes")
+            names, colors = read_cvat_labelmap(labelmap)
+            return {"kind": "cvat", "from": labelmap, "class_names": names, "colors": colors}
+        split_dirs = {s: _first_dir(*(os.path.join(root, d) for d in dirs))
+                      for s, dirs in (("train", ("train",)), ("val", ("valid", "val")))}
+        csv_path = next((p for p in (os.path.join(root, "_classes.csv"),
+                                     *(os.path.join(d, "_classes.csv") for d in split_dirs.values() if d))
+                         if os.path.isfile(p)), None)
+        if csv_path is not None:
+            names, lut = read_roboflow_classes(csv_path)
+            return {"kind": "roboflow", "from": csv_path, "class_names": names, "lut": lut, "dirs": split_dirs}
+        return plain  # also the fallback: _samples says which layouts are understood when the folders are not there
+
+    # ----------------------------------------------------------------------------- samples
+
+    def _samples(self, split: str) -> SegmentationSamples:
+        layout = self._meta()
+        names, kind = layout["class_names"], layout["kind"]
+        if kind == "shapes":
+            p = shapes_paths(self.shapes_root)
+            return pair_by_stem(p[f"{split}_images"], p[f"{split}_masks"], names, f"shapes {split}")
+        if kind == "voc":
+            return _voc_split(self.root, split, self.voc_sbd, self.sbd_root)
+        if kind == "ade20k":
+            return _ade20k_split(self.root, split)
+        if kind == "cityscapes":
+            return _cityscapes_split(self.root, split)
+        if kind == "cvat":
+            return self._cvat_split(split, layout)
+        if kind == "roboflow":
+            folder = layout["dirs"][split]
+            if folder is None:
+                raise FileNotFoundError(f"{self.root}: Roboflow export without a "
+                                        f"{'train' if split == 'train' else 'valid'}/ folder")
+            return pair_by_stem(folder, folder, names, f"{folder}", mask_suffix="_mask", lut=layout["lut"],
+                                check_labels=True)
+        images = self.folders[f"{split}_images"] or os.path.join(self.root, "images", split)
+        masks = self.folders[f"{split}_masks"] or os.path.join(self.root, "masks", split)
+        if not self.folders[f"{split}_images"] and not os.path.isdir(images):
+            raise FileNotFoundError(f"{self.root}: no {images} (unknown layout). {_FOLDER_LAYOUTS_HELP}")
+        return pair_by_stem(images, masks, names, f"{images}", check_labels=True)
+
+    def _cvat_split(self, split: str, layout: dict[str, Any]) -> SegmentationSamples:
+        sets_dir = os.path.join(self.root, "ImageSets", "Segmentation")
+        list_file = os.path.join(sets_dir, f"{split}.txt")
+        if not os.path.isfile(list_file):
+            present = sorted(Path(p).stem for p in os.listdir(sets_dir)) if os.path.isdir(sets_dir) else []
+            raise FileNotFoundError(
+                f"{list_file} not found (subsets present: {present or 'none'}): a CVAT export needs the subsets "
+                "'train' and 'val' (set each image's subset in CVAT, or write val.txt / train.txt with one image "
+                "name without extension per line)")
+        images_dir, masks_dir = os.path.join(self.root, "JPEGImages"), os.path.join(self.root, "SegmentationClass")
+        images = _walk(images_dir, is_image_file) if os.path.isdir(images_dir) else {}
+        stems = _read_lines(list_file)
+        return SegmentationSamples(
+            [images.get(s, os.path.join(images_dir, s + ".jpg")) for s in stems],
+            [os.path.join(masks_dir, s + ".png") for s in stems],
+            [os.path.relpath(images.get(s, os.path.join(images_dir, s + ".jpg")), images_dir).replace(os.sep, "/")
+             for s in stems],
+            layout["class_names"], f"{list_file}", colors=layout["colors"], check_labels=True)
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def prepare_data(self) -> None:
+        if self.dataset == "shapes":
+            ensure_shapes_dataset(self.shapes_root, **self.shapes_kwargs)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset == "shapes":
+            # Idempotent and cheap when present; covers setup() without prepare_data().
+            ensure_shapes_dataset(self.shapes_root, **self.shapes_kwargs)
+        common = {"num_classes": self.num_classes, "skip_bad": self.skip_bad, "cache_images": self.cache_images}
+        if stage in (None, "fit") and self.train_dataset is None:
+            transform = segmentation_train_transforms(self.crop_size, self.scale_min, self.scale_max, hflip=self.hflip,
+                                                      vflip=self.vflip, photometric=self.photometric)
+            self.train_dataset = SegmentationDataset(self._samples("train"), transform, train=True, **common)
+        evaluate = stage in (None, "fit", "validate", "test") or (stage == "predict" and self.predict_images is None)
+        if evaluate and self.val_dataset is None:
+            self.val_dataset = SegmentationDataset(self._samples("val"), segmentation_eval_transforms(self.eval_size),
+                                                   **common)
+        if stage == "predict" and self.predict_dataset is None:
+            if self.predict_images is not None:
+                self.predict_dataset = SegmentationDataset(image_folder_samples(self.predict_images, self.class_names),
+                                                           segmentation_eval_transforms(self.eval_size),
+                                                           num_classes=self.num_classes)
+            else:
+                self.predict_dataset = self.val_dataset
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False,
+                sampler: Sampler | None = None) -> DataLoader:
+        """The base class's loader, with ``eval_batch_size`` for everything but the training set."""
+        batch_size = self.batch_size if dataset is self.train_dataset else self.eval_batch_size
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, sampler=sampler,
+                          num_workers=self.num_workers, collate_fn=self.collate_fn, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)

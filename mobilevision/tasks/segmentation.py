@@ -1,0 +1,159 @@
+"""Semantic segmentation as a LightningModule: per-pixel cross-entropy (ignore index 255), validation mIoU from an
+accumulated confusion matrix at each image's original resolution, optional multi-scale + flip testing."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..evaluation.segmentation import IGNORE_INDEX, segmentation_metrics, summarize_confusion
+from ..models import SegmentationModel, create_classifier, multi_scale_probs
+from ..models.segmentation import HeadName
+from ._backbone import BackboneTask
+from ._optim import OptimizerName
+from .checkpoint import check_finite_loss, check_same_labels
+
+__all__ = ["SegmentationTask"]
+
+
+class SegmentationTask(BackboneTask):
+    """Train and evaluate a :class:`~mobilevision.models.SegmentationModel` (backbone + DeepLabv3 / LR-ASPP head).
+
+    Batches (:class:`~mobilevision.data.SegmentationDataModule`): training ``(images [B, 3, S, S], masks [B, S, S])``;
+    evaluation ``(images [B, 3, H, W], targets)``, each target with ``mask`` (original resolution), ``input_size``
+    (the image's unpadded part of the tensor) and ``orig_size``: logits are cropped to ``input_size``, resized
+    bilinearly to ``orig_size`` and scored there (the VOC protocol), so a resized evaluation input is still scored
+    on the original labels.
+
+    Args:
+        backbone, width, backbone_kwargs, head, output_stride, aspp, atrous_rates, tap, head_channels: the network
+            (:class:`~mobilevision.models.SegmentationModel`): by default the MobileNetV2 paper's DeepLabv3 (output
+            stride 16, ASPP 6 / 12 / 18 + image pooling, 256 channels).
+        num_classes, class_names, image_size: linked from the data module by the CLI (``image_size`` = the
+            training crop) and kept in the checkpoint.
+        backbone_weights, freeze_backbone, backbone_lr_scale, optimizer, lr, momentum, weight_decay, warmup,
+            min_lr_ratio, ema_decay, channels_last, eval_folded: as :class:`~mobilevision.tasks.ClassificationTask`
+            (the ImageNet classifier's weights go into the backbone's blocks up to the tap).
+        ignore_index: label left out of the loss and the metrics (255, VOC's "void").
+        eval_scales, eval_flip: multi-scale (e.g. ``[0.5, 0.75, 1.0, 1.25, 1.5, 1.75]``) and left-right flip testing
+            in validation / test / predict: softmax probabilities averaged (the papers' "MF"); the loss is the
+            scale-1 logits'.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v2",
+        num_classes: int = 21,
+        image_size: int = 513,
+        head: HeadName = "deeplabv3",
+        output_stride: int = 16,
+        aspp: bool = True,
+        atrous_rates: list[int] | None = None,
+        tap: int = -1,
+        head_channels: int | None = None,
+        width: float | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        backbone_weights: str | None = None,
+        freeze_backbone: bool = False,
+        backbone_lr_scale: float = 1.0,
+        optimizer: OptimizerName = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 4e-5,
+        warmup: float = 0.02,
+        min_lr_ratio: float = 0.0,
+        ema_decay: float | None = None,
+        channels_last: bool = False,
+        eval_folded: bool = True,
+        ignore_index: int = IGNORE_INDEX,
+        eval_scales: list[float] | None = None,
+        eval_flip: bool = False,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
+        if eval_scales is not None and (not eval_scales or min(eval_scales) <= 0):
+            raise ValueError(f"eval_scales must be positive numbers, got {eval_scales}")
+        self.save_hyperparameters()
+        self.attach_model(SegmentationModel(backbone, num_classes, head, output_stride, aspp, atrous_rates, tap, width,
+                                            backbone_kwargs, head_channels))
+        self.val_metrics = segmentation_metrics(num_classes, ignore_index)
+        self.test_metrics = segmentation_metrics(num_classes, ignore_index)
+        self.last_metrics: dict[str, Any] = {}
+
+    def load_backbone_weights(self) -> None:
+        """Load ``backbone_weights`` (an ImageNet classifier's) into the backbone's blocks now."""
+        classifier = create_classifier(self.hparams.backbone, weights=self.hparams.backbone_weights,
+                                       **self.backbone_kwargs())
+        theirs = classifier.backbone.state_dict()
+        self.model.backbone.load_state_dict({k: theirs[k] for k in self.model.backbone.state_dict()})
+        self._weights_pending = False
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        check_same_labels(self, checkpoint, ("num_classes", "class_names"))
+
+    # -- steps ------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, masks, ignore_index=self.hparams.ignore_index)
+        check_finite_loss(self, {"loss": loss})
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def _scales(self) -> tuple[Sequence[float], bool]:
+        return tuple(self.hparams.eval_scales or (1.0,)), bool(self.hparams.eval_flip)
+
+    def segment(self, images: torch.Tensor, targets: Sequence[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per image: scores [C, h0, w0] at its original size (logits, or MF probabilities) and the label map."""
+        net = self.eval_model()
+        x = self._prepare(images)
+        logits = net(x)
+        scales, flip = self._scales()
+        scores = logits if scales == (1.0,) and not flip else multi_scale_probs(net, x, scales, flip, logits)
+        out_scores, labels = [], []
+        for s, t in zip(scores, targets):
+            h, w = (int(v) for v in t["input_size"])
+            s = s[:, :h, :w]
+            size = tuple(int(v) for v in t["orig_size"])
+            if (h, w) != size:
+                s = F.interpolate(s[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+            out_scores.append(s)
+            labels.append(s.argmax(dim=0))
+        return out_scores, labels
+
+    def _eval_step(self, batch, metrics, stage: str) -> None:
+        images, targets = batch
+        scores, labels = self.segment(images, targets)
+        scales, flip = self._scales()
+        probs = scales != (1.0,) or flip  # MF scores are probabilities
+        ignore = self.hparams.ignore_index
+        for s, pred, t in zip(scores, labels, targets):
+            mask = t["mask"].to(pred.device)
+            metrics.update(pred[None], mask[None])
+            if (mask != ignore).any():  # the mean loss per image
+                s = s[None].float()
+                loss = (F.nll_loss(s.clamp_min(1e-12).log(), mask[None], ignore_index=ignore) if probs
+                        else F.cross_entropy(s, mask[None], ignore_index=ignore))
+                self.eval_losses[stage].update(loss, 1)
+
+    def summarize(self, computed: torch.Tensor) -> dict[str, Any]:
+        return summarize_confusion(computed, self.hparams.class_names)
+
+    def log_eval(self, stats: dict[str, Any], stage: str) -> None:
+        self.log(f"{stage}/miou", stats["miou"], prog_bar=True)
+        self.log(f"{stage}/pixel_acc", stats["pixel_acc"])
+        self.log(f"{stage}/mean_acc", stats["mean_acc"])
+
+    def predict_step(self, batch, batch_idx: int) -> list[dict[str, Any]]:
+        """Per image: ``mask`` (label map [h0, w0] at the original size, uint8 below 256 classes) and ``file_name``."""
+        images, targets = batch
+        _, labels = self.segment(images, targets)
+        dtype = torch.uint8 if self.hparams.num_classes <= 256 else torch.int64
+        return [{"mask": m.to(dtype).cpu(), "file_name": t.get("file_name")} for m, t in zip(labels, targets)]
