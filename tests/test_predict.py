@@ -282,18 +282,21 @@ def test_source_names_and_stream(sources, tmp_path):
         "a.jpg", "b.png", "rot.jpg"]
 
 
-@pytest.mark.parametrize("case", ["missing source", "empty folder", "no glob match", "missing model", "cuda",
-                                  "bad stride"])
+@pytest.mark.parametrize("case", ["missing source", "empty path", "empty folder", "no glob match", "missing model",
+                                  "cuda", "bad stride"])
 def test_errors_before_any_work(models, sources, tmp_path, capsys, monkeypatch, case):
     src, _ = sources
     (tmp_path / "empty" / ".git").mkdir(parents=True)
     (tmp_path / "empty" / "readme.md").write_text("x")
     model, source, extra = str(models["classification"]), str(src), []
-    message = {"missing source": "does not exist", "empty folder": "no image or video to predict on",
+    message = {"missing source": "does not exist", "empty path": "an empty path",
+               "empty folder": "no image or video to predict on",
                "no glob match": "no file matches", "missing model": "does not exist",
                "cuda": "CUDA is not available", "bad stride": "--vid-stride must be >= 1"}[case]
     if case == "missing source":
         source = str(tmp_path / "nope")
+    elif case == "empty path":  # "$UNSET_VARIABLE": not the current folder
+        source = ""
     elif case == "empty folder":
         source = str(tmp_path / "empty")
     elif case == "no glob match":

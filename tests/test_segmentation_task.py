@@ -151,8 +151,10 @@ def test_resuming_on_other_classes_is_refused(trained, tmp_path):
 
 # -- eval, predict, export ---------------------------------------------------------------------------------
 def test_eval_checkpoint_json_and_multi_scale(trained, tmp_path):
-    out = tmp_path / "stats.json"
-    assert eval_main(["segmentation", "--checkpoint", str(trained), "--json-out", str(out)]) == 0
+    out, grid = tmp_path / "stats.json", tmp_path / "grid.png"
+    assert eval_main(["segmentation", "--checkpoint", str(trained), "--json-out", str(out), "--draw", str(grid),
+                      "--draw-count", "3"]) == 0
+    assert Image.open(grid).size[0] > 4 * 64  # 3 images x (ground truth, prediction), 4 tiles a row
     stats = json.loads(out.read_text())
     assert {"miou", "pixel_acc", "mean_acc", "per_class_iou"} <= set(stats)
     assert list(stats["per_class_iou"]) == ["background", "red", "green"] and stats["miou"] > 0.8

@@ -12,6 +12,7 @@
                               [--ignore-index 255] [--class-names a,b,...] [--json-out stats.json]
     mobilevision eval segmentation --checkpoint CKPT [--data-dataset NAME] [--data-root DIR]
                               [--eval-scales 0.5,0.75,1,1.25,1.5,1.75] [--flip] [--json-out stats.json]
+                              [--draw grid.png]
 
 Each subcommand is registered by an ``_add_<task>_parser(subparsers)`` function that sets
 ``func`` to its handler ``(args) -> int``; to add a task write those two functions and list the
@@ -420,6 +421,9 @@ def _add_segmentation_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="with --checkpoint: images per batch (default 1)")
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--no-fold", action="store_true", help="with --checkpoint: evaluate MobileOne unfolded")
+    p.add_argument("--draw", type=Path, help="with --checkpoint: save a PNG of validation images, ground truth next "
+                   "to prediction")
+    p.add_argument("--draw-count", type=int, default=8, help="images in the --draw picture")
     p.add_argument("--json-out", type=Path, default=None,
                    help="write miou, pixel_acc, mean_acc, per_class_iou (and per_class_acc) here")
     p.set_defaults(func=_run_segmentation)
@@ -431,6 +435,8 @@ def _evaluate_segmentation_checkpoint(args: argparse.Namespace) -> tuple[dict, s
 
     if args.ground_truth is not None or args.num_classes is not None:
         raise ValueError("--ground-truth / --num-classes go with --predictions; a checkpoint knows its classes")
+    if args.draw is not None and args.draw_count < 1:
+        raise ValueError(f"--draw-count must be >= 1, got {args.draw_count}")
     task, ckpt = load_task(args.checkpoint, SegmentationTask)
     data_args = _checkpoint_data_args(ckpt, args)
     if args.data_dataset is not None:
@@ -448,9 +454,31 @@ def _evaluate_segmentation_checkpoint(args: argparse.Namespace) -> tuple[dict, s
     hp.eval_flip = bool(args.flip) or bool(hp.eval_flip)
     hp.eval_folded = not args.no_fold
     _eval_trainer().validate(task, datamodule=dm, verbose=False)
+    if args.draw is not None:
+        _draw_segmentation(task, dm, args.draw, args.draw_count)
+        print(f"wrote {args.draw}")
     where = str(data_args.get("dataset", "shapes")) + (f" at {data_args['root']}" if data_args.get("root") else "")
     mf = f", scales {hp.eval_scales}" if hp.eval_scales else ""
     return task.last_metrics, f"{where} (validation split{mf}{', flip' if hp.eval_flip else ''})"
+
+
+def _draw_segmentation(task, dm, path: Path, count: int) -> None:
+    """The first ``count`` validation images: ground truth (left) and prediction (right) blended in."""
+    import numpy as np
+    import torch
+
+    from ..data.segmentation import segmentation_collate
+    from ..evaluation.visualize import overlay_mask, save_image_grid
+
+    dataset, tiles = dm.val_dataset, []
+    task.eval()
+    for i in range(min(count, len(dataset))):
+        image, target = segmentation_collate([dataset[i]])
+        with torch.no_grad():
+            label = task.segment(image, target)[1][0].cpu().numpy()
+        rgb, mask = dataset.load(i)
+        tiles += [overlay_mask(rgb, mask, task.hparams.class_names), overlay_mask(rgb, label, task.hparams.class_names)]
+    save_image_grid([np.asarray(t) for t in tiles], path, nrow=4)
 
 
 def _run_segmentation(args: argparse.Namespace) -> int:
@@ -463,6 +491,8 @@ def _run_segmentation(args: argparse.Namespace) -> int:
     if args.predictions is not None:
         if args.ground_truth is None or args.num_classes is None:
             raise ValueError("--predictions needs --ground-truth and --num-classes")
+        if args.draw is not None:
+            raise ValueError("--draw goes with --checkpoint")
         stats = evaluate_mask_folders(args.predictions, args.ground_truth, args.num_classes, args.ignore_index, names)
         title = f"segmentation: {args.predictions} vs {args.ground_truth} ({stats['num_images']} masks)"
     else:

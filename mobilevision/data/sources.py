@@ -111,6 +111,8 @@ def resolve_sources(sources: Sequence[str | os.PathLike],
     found: list[tuple[Path, str, str]] = []
     for source in sources:
         text = os.path.expanduser(os.fspath(source))
+        if not text.strip():  # Path("") is the current folder: an unset shell variable must not predict on it all
+            raise FileNotFoundError("--source '': an empty path (an unset variable?); give files, folders or patterns")
         path = Path(text)
         if path.is_dir():
             found += [_found(p, path) for p in _walk(path)]

@@ -16,7 +16,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make
 
 from ..data.image_io import voc_colormap
 
-__all__ = ["draw_boxes", "draw_detections", "overlay_mask", "save_location_map"]
+__all__ = ["draw_boxes", "draw_detections", "overlay_mask", "save_image_grid", "save_location_map"]
 
 #: Class names drawn transparent on overlays (the background, VOC's first class).
 BACKGROUND_NAMES = ("background", "_background_", "bg", "__background__")
@@ -99,6 +99,21 @@ def draw_boxes(image: np.ndarray, boxes, labels: Sequence[int], texts: Sequence[
         torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.as_tensor(np.asarray(boxes)).float(),
         labels=list(texts), colors=colors, width=width, font=font, font_size=size if font else None, **filled)
     return out.permute(1, 2, 0).numpy()
+
+
+def save_image_grid(images: Sequence[np.ndarray], path: str | os.PathLike, nrow: int = 4) -> Path:
+    """Save RGB uint8 HxWx3 ``images`` as one PNG grid (each tile padded to the largest size, white gaps)."""
+    h, w = max(i.shape[0] for i in images), max(i.shape[1] for i in images)
+    tiles = []
+    for image in images:
+        tile = torch.full((3, h, w), 255, dtype=torch.uint8)
+        tile[:, : image.shape[0], : image.shape[1]] = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        tiles.append(tile)
+    grid = make_grid(tiles, nrow=nrow, padding=4, pad_value=255)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+    return path
 
 
 def overlay_mask(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str] | None = None,
