@@ -37,7 +37,6 @@ def draw_detections(
     """Save a grid PNG of ``images`` (HxWx3 uint8) with predicted boxes (label + score) and, optionally,
     ground-truth boxes in white. Boxes are xyxy in each image's pixels; ``labels`` index ``class_names``."""
     tiles = []
-    size = None
     for k, (image, det) in enumerate(zip(images, detections)):
         img = torch.as_tensor(np.asarray(image)).permute(2, 0, 1).contiguous()
         if ground_truth is not None and len(ground_truth[k]["boxes"]):
@@ -48,17 +47,8 @@ def draw_detections(
             img = draw_bounding_boxes(
                 img, boxes, labels=[f"{class_names[int(c)]} {s:.2f}" for c, s in zip(labels, scores)],
                 colors=[_PALETTE[int(c) % len(_PALETTE)] for c in labels], width=2)
-        size = size or img.shape[-2:]
-        if img.shape[-2:] != size:  # pad to the first tile's size so the grid lines up
-            canvas = torch.zeros(3, max(size[0], img.shape[1]), max(size[1], img.shape[2]), dtype=torch.uint8)
-            canvas[:, : img.shape[1], : img.shape[2]] = img
-            img = canvas[:, : size[0], : size[1]]
-        tiles.append(img)
-    grid = make_grid(tiles, nrow=nrow, padding=4, pad_value=255)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
-    return path
+        tiles.append(img.permute(1, 2, 0).numpy())
+    return save_image_grid(tiles, path, nrow)
 
 
 _FILL_LABELS = "fill_labels" in inspect.signature(draw_bounding_boxes).parameters
