@@ -243,10 +243,22 @@ def test_cvat_layout_maps_colours(tmp_path):
     Image.fromarray(bad).save(tmp_path / "SegmentationClass" / "b.png")
     with pytest.raises(ValueError, match=r"b\.png: colour\(s\) \(1, 2, 3\)"):
         _dm(tmp_path).setup("fit")
-    # only CVAT's default subset: asks for train / val
+    # train.txt without val.txt: asks for val
     (sets / "val.txt").unlink()
     with pytest.raises(FileNotFoundError, match="val.txt"):
         _dm(tmp_path).setup("validate")
+    # only CVAT's "default" subset: split by file name, every image in exactly one split, a warning
+    Image.fromarray(rgb).save(tmp_path / "SegmentationClass" / "b.png")
+    (sets / "train.txt").unlink()
+    stems = [f"img{i:02d}" for i in range(30)]
+    (sets / "default.txt").write_text("".join(f"{n}\n" for n in stems))
+    for n in stems:
+        _image(str(tmp_path / "JPEGImages" / f"{n}.jpg"), 20, 30)
+        Image.fromarray(rgb).save(tmp_path / "SegmentationClass" / f"{n}.png")
+    dm = _dm(tmp_path)
+    dm.setup("fit")
+    train, val = set(dm.train_dataset.samples.names), set(dm.val_dataset.samples.names)
+    assert val and not train & val and train | val == {f"{n}.jpg" for n in stems}
 
 
 def test_roboflow_layout(tmp_path):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -720,7 +721,8 @@ class SegmentationDataModule(SplitDataModule):
       - a CVAT "Segmentation mask 1.1" / PASCAL VOC export: ``JPEGImages/``, ``SegmentationClass/`` (colour PNGs:
         colour -> class through ``labelmap.txt``, ``name:r,g,b::`` lines; a colour not in it is an error naming
         the file; VOC's border colour 224,224,192 is ignored unless listed), ``ImageSets/Segmentation/train.txt``
-        and ``val.txt`` (an export with only ``default.txt`` needs a ``val.txt`` first);
+        and ``val.txt`` (an export with one subset only, CVAT's ``default.txt``, is split by file name: about one
+        image in ten validates, the rest trains; a warning says so);
       - a Roboflow "Semantic Segmentation Masks" export: ``train/`` and ``valid/`` (or ``val/``) holding ``x.jpg``
         and ``x_mask.png`` (grayscale values) and ``_classes.csv`` (``Pixel Value, Class``: classes in pixel value
         order);
@@ -939,15 +941,26 @@ class SegmentationDataModule(SplitDataModule):
     def _cvat_split(self, split: str, layout: dict[str, Any]) -> SegmentationSamples:
         sets_dir = os.path.join(self.root, "ImageSets", "Segmentation")
         list_file = os.path.join(sets_dir, f"{split}.txt")
-        if not os.path.isfile(list_file):
-            present = sorted(Path(p).stem for p in os.listdir(sets_dir)) if os.path.isdir(sets_dir) else []
+        present = sorted(Path(p).stem for p in os.listdir(sets_dir)) if os.path.isdir(sets_dir) else []
+        if os.path.isfile(list_file):
+            stems = _read_lines(list_file)
+        elif len(present) == 1 and not {"train", "val"} & set(present):
+            # one subset (CVAT's "default"): a fixed split by file name, about 1 image in 10 for validation
+            list_file = os.path.join(sets_dir, f"{present[0]}.txt")
+            everything = _read_lines(list_file)
+            held_out = [s for s in everything if zlib.crc32(s.encode()) % 10 == 0] or everything[-1:]
+            stems = held_out if split == "val" else [s for s in everything if s not in set(held_out)] or everything
+            if split == "val":
+                logger.warning("%s: no train.txt / val.txt; validating on %d of its %d images (file names whose "
+                               "CRC-32 is a multiple of 10), training on the others", list_file, len(stems),
+                               len(everything))
+        else:
             raise FileNotFoundError(
                 f"{list_file} not found (subsets present: {present or 'none'}): a CVAT export needs the subsets "
-                "'train' and 'val' (set each image's subset in CVAT, or write val.txt / train.txt with one image "
-                "name without extension per line)")
+                "'train' and 'val', or a single one that is then split (set each image's subset in CVAT, or write "
+                "val.txt / train.txt with one image name without extension per line)")
         images_dir, masks_dir = os.path.join(self.root, "JPEGImages"), os.path.join(self.root, "SegmentationClass")
         images = _walk(images_dir, is_image_file) if os.path.isdir(images_dir) else {}
-        stems = _read_lines(list_file)
         return SegmentationSamples(
             [images.get(s, os.path.join(images_dir, s + ".jpg")) for s in stems],
             [os.path.join(masks_dir, s + ".png") for s in stems],
