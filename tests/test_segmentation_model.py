@@ -31,6 +31,15 @@ def test_table7_madds_without_aspp():
     assert count_madds(model, (1, 3, 513, 513)) / 1e9 == pytest.approx(2.75, rel=0.01)
 
 
+def test_table7_mf_madds_at_output_stride_8():
+    """The paper's OS 8 + MF row of MNet V2* without ASPP, 152.6B MAdds: one pass per scale 0.5 ... 1.75 of the
+    513 x 513 input, each also mirrored (12 passes), within 1%."""
+    model = SegmentationModel("mobilenet_v2", 21, aspp=False, tap=-2, output_stride=8).eval()
+    scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    total = 2 * sum(count_madds(model, (1, 3, round(513 * s), round(513 * s))) for s in scales)
+    assert total / 1e9 == pytest.approx(152.6, rel=0.01)
+
+
 def test_v2_star_taps_the_320_channel_map():
     model = SegmentationModel("mobilenet_v2", 21, tap=-2)
     assert model.backbone.num_features == 320 and model.head.aspp.convs[0][0].in_channels == 320
