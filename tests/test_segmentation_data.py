@@ -426,3 +426,20 @@ def test_predict_folder(tmp_path):
     dm.setup("predict")
     images, targets = next(iter(dm.predict_dataloader()))
     assert images.shape == (1, 3, 20, 30) and targets[0]["mask"] is None and targets[0]["file_name"] == "one.jpg"
+
+
+def test_binary_masks_of_0_and_255(tmp_path):
+    """Foreground masks saved as 0 / 255 would train on class 0 alone (255 is the ignore index): an error that says
+    so, and binary_masks=True reads them as classes 0 and 1."""
+    fg = np.zeros((24, 36), np.uint8)
+    fg[5:15, 10:30] = 255
+    for split, stems in (("train", "ab"), ("val", "c")):
+        for s in stems:
+            _image(str(tmp_path / "images" / split / f"{s}.jpg"), 24, 36)
+            os.makedirs(tmp_path / "masks" / split, exist_ok=True)
+            Image.fromarray(fg, mode="L").save(tmp_path / "masks" / split / f"{s}.png")
+    with pytest.raises(ValueError, match=r"only the values 0 and 255.*binary_masks=True"):
+        _dm(tmp_path, class_names=["background", "object"]).setup("fit")
+    dm = _dm(tmp_path, class_names=["background", "object"], binary_masks=True)
+    dm.setup("validate")
+    assert torch.equal(dm.val_dataset[0][1]["mask"], torch.from_numpy((fg > 0).astype(np.int64)))

@@ -260,6 +260,7 @@ def check_samples(samples: SegmentationSamples, num_classes: int, skip_bad: bool
         elif mask in missing_masks:
             problems[i] = f"{image}: no mask ({mask} not found)"
     only_missing = bool(problems)
+    present: set[int] = set()  # labels seen in the decoded masks
 
     def check(i: int) -> str | None:
         image, mask = samples.images[i], samples.masks[i]
@@ -275,6 +276,7 @@ def check_samples(samples: SegmentationSamples, num_classes: int, skip_bad: bool
                 raw, labels = _decode_mask(mask, samples.lut, samples.colors)
             except ValueError as e:
                 return str(e)
+            present.update(np.unique(labels).tolist())
             return (_size_problem(image, mask, shown, labels.shape[::-1], orientation)
                     or _label_problem(mask, raw, labels, num_classes))
         if mask.endswith(".mat"):
@@ -301,6 +303,11 @@ def check_samples(samples: SegmentationSamples, num_classes: int, skip_bad: bool
         samples = samples.subset([i for i in range(len(samples)) if i not in problems])
     if not len(samples):
         raise ValueError(f"{samples.name}: no usable samples")
+    if samples.check_labels and samples.lut is None and samples.colors is None and present <= {0, IGNORE_INDEX} \
+            and IGNORE_INDEX in present:
+        raise ValueError(f"{samples.name}: the masks hold only the values 0 and {IGNORE_INDEX}, and {IGNORE_INDEX} is "
+                         "the ignore index: nothing but class 0 would be learned. Binary masks saved as 0 / 255? Pass "
+                         "binary_masks=True (0 -> class 0, 255 -> class 1), or save the masks as 0 / 1")
     return samples
 
 
@@ -749,6 +756,8 @@ class SegmentationDataModule(SplitDataModule):
         num_workers / pin_memory: DataLoader settings.
         voc_sbd / sbd_root: train VOC on trainaug (see above) / where SBD is.
         skip_bad: skip unusable samples with a warning instead of raising (see the module docstring).
+        binary_masks: ``folder`` masks of 0 and 255 (as many tools save a foreground mask) read as classes 0 and 1
+            (2 class names); without it such masks are an error, 255 being the ignore index.
         cache_images: decode the training and validation images and masks once and keep them in memory.
         predict_images: folder of images for ``predict`` (targets without masks); default: the validation set.
         shapes_root / shapes_num_train / shapes_num_val / shapes_image_size / shapes_seed: the embedded dataset's
@@ -784,6 +793,7 @@ class SegmentationDataModule(SplitDataModule):
         voc_sbd: bool = True,
         sbd_root: str | None = None,
         skip_bad: bool = False,
+        binary_masks: bool = False,
         cache_images: bool = False,
         predict_images: str | None = None,
         shapes_root: str = "datasets/shapes/data",
@@ -823,6 +833,9 @@ class SegmentationDataModule(SplitDataModule):
         self.pin_memory = bool(pin_memory)
         self.voc_sbd, self.sbd_root = bool(voc_sbd), sbd_root
         self.skip_bad, self.cache_images = bool(skip_bad), bool(cache_images)
+        if binary_masks and dataset != "folder":
+            raise ValueError("binary_masks is for dataset='folder' (masks of 0 and 255)")
+        self.binary_masks = bool(binary_masks)
         self.predict_images = predict_images
         self.shapes_root = str(shapes_root)
         self.shapes_kwargs = {"num_train": int(shapes_num_train), "num_val": int(shapes_num_val),
@@ -936,6 +949,12 @@ class SegmentationDataModule(SplitDataModule):
         masks = self.folders[f"{split}_masks"] or os.path.join(self.root, "masks", split)
         if not self.folders[f"{split}_images"] and not os.path.isdir(images):
             raise FileNotFoundError(f"{self.root}: no {images} (unknown layout). {_FOLDER_LAYOUTS_HELP}")
+        if self.binary_masks:  # 0 / 255 (or 0 / 1) masks: two classes, nothing ignored
+            if len(names) != 2:
+                raise ValueError(f"binary_masks=True needs 2 classes (background, object), got {names}")
+            lut = np.full(256, -1, dtype=np.int64)
+            lut[0], lut[1], lut[IGNORE_INDEX] = 0, 1, 1
+            return pair_by_stem(images, masks, names, f"{images}", lut=lut, check_labels=True)
         return pair_by_stem(images, masks, names, f"{images}", check_labels=True)
 
     def _cvat_split(self, split: str, layout: dict[str, Any]) -> SegmentationSamples:
