@@ -22,7 +22,8 @@ from mobilevision.deploy import Predictor, export_onnx, load_any_task
 from mobilevision.detection.postprocess import select_detections
 from mobilevision.evaluation.geolocalization import read_locations_csv
 from mobilevision.geo import build_partition, load_cities
-from mobilevision.tasks import ClassificationTask, DetectionTask, GeolocalizationTask
+from mobilevision.evaluation.segmentation import read_index_mask
+from mobilevision.tasks import ClassificationTask, DetectionTask, GeolocalizationTask, SegmentationTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -260,6 +261,34 @@ def test_geolocalization_csv_is_evaluable_and_mapped(models, sources, tmp_path):
                       "--no-reference"]) == 0
     with Image.open(out / "map.png") as im:
         assert im.format == "PNG" and im.size[0] > 600
+
+
+def test_segmentation_masks_overlays_and_video(sources, tmp_path):
+    """Index masks at each image's displayed size (EXIF-rotated, grayscale, 16-bit, nested), equal to the Predictor's;
+    overlays; the video drawn as an mp4 with one CSV row per kept frame."""
+    torch.manual_seed(0)
+    seg = SegmentationTask(backbone="mobilenet_v2", width=0.35, num_classes=4, image_size=64, head="lraspp",
+                           class_names=["background", "a", "b", "c"])
+    calibrate(seg, [p for n, p in seg.model.head.named_parameters() if "classifier" in n], std=2.0)
+    model = save_ckpt(seg, tmp_path / "seg.ckpt")
+    src, video = sources
+    out = tmp_path / "seg"
+    _run(["--model", str(model), "--source", str(src), str(video), "--vid-stride", "3", "--output", str(out)])
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["file"] for r in rows] == IMAGES + ["clip.mp4"] * 3
+    sizes = {"a.jpg": (60, 90), "sub/b.png": (50, 40), "sub/deep/c16.png": (44, 56), "sub/rot.jpg": (40, 70)}
+    predictor = Predictor(model)
+    for name, size in sizes.items():
+        mask = read_index_mask(out / "masks" / (name.rsplit(".", 1)[0] + ".png"))
+        assert mask.shape == size
+        np.testing.assert_array_equal(mask, predictor([load_rgb_image(src / name)])[0]["mask"])
+        assert (out / "overlays" / (name.rsplit(".", 1)[0] + ".png")).is_file()
+    assert len({int(v) for name in sizes for v in np.unique(read_index_mask(out / "masks" / (name.rsplit(".", 1)[0]
+                                                                                               + ".png")))}) > 1
+    cap = cv2.VideoCapture(str(out / "clip_pred.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    cap.release()
 
 
 # -- sources and errors ------------------------------------------------------------------------------------
