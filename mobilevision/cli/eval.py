@@ -35,11 +35,16 @@ __all__ = ["build_parser", "main"]
 
 # ------------------------------------------------------------------------------------ shared ----
 def _checkpoint_data_args(ckpt: dict, args: argparse.Namespace) -> dict:
-    """The checkpoint's data module arguments with the command line's batch size (and workers, where the
-    subcommand has the option)."""
+    """The checkpoint's data module arguments with the command line's batch size, and its workers, ``--data-dataset``
+    and ``--data-root`` where the subcommand has those options and they are given."""
     from ..deploy.evaluate import checkpoint_data_args
 
-    return checkpoint_data_args(ckpt, args.batch_size, getattr(args, "num_workers", None))
+    data_args = checkpoint_data_args(ckpt, args.batch_size, getattr(args, "num_workers", None))
+    if getattr(args, "data_dataset", None) is not None:
+        data_args["dataset"] = args.data_dataset
+    if getattr(args, "data_root", None) is not None:
+        data_args["root"] = str(args.data_root)
+    return data_args
 
 
 def _eval_trainer():
@@ -234,10 +239,6 @@ def _evaluate_classification_checkpoint(args: argparse.Namespace) -> tuple[dict,
 
     task, ckpt = load_task(args.checkpoint, ClassificationTask)
     data_args = _checkpoint_data_args(ckpt, args)
-    if args.data_dataset is not None:
-        data_args["dataset"] = args.data_dataset
-    if args.data_root is not None:
-        data_args["root"] = str(args.data_root)
     data_args.setdefault("image_size", task.hparams.image_size)
     dm = ClassificationDataModule(**data_args)
     hp = task.hparams
@@ -439,10 +440,6 @@ def _evaluate_segmentation_checkpoint(args: argparse.Namespace) -> tuple[dict, s
         raise ValueError(f"--draw-count must be >= 1, got {args.draw_count}")
     task, ckpt = load_task(args.checkpoint, SegmentationTask)
     data_args = _checkpoint_data_args(ckpt, args)
-    if args.data_dataset is not None:
-        data_args["dataset"] = args.data_dataset
-    if args.data_root is not None:
-        data_args["root"] = str(args.data_root)
     data_args["eval_batch_size"] = args.batch_size
     dm = SegmentationDataModule(**data_args)
     hp = task.hparams

@@ -99,6 +99,11 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------ writers ----
+def _without_suffix(name: str) -> str:
+    """A source's name (a relative path such as ``sub/x.jpg``) without its file extension."""
+    return name[: len(name) - len(Path(name).suffix)]
+
+
 class _VideoSink:
     """Drawn frames -> ``DIR/<name>_pred.mp4``, one open writer at a time (the sources come file by file)."""
 
@@ -118,7 +123,7 @@ class _VideoSink:
             self.close()
             info = probe_video(file.path)
             fps = (info.fps if info and info.fps > 0 else 25.0) / self.stride
-            path = self.out / f"{file.name[: len(file.name) - len(Path(file.name).suffix)]}_pred.mp4"
+            path = self.out / f"{_without_suffix(file.name)}_pred.mp4"
             path.parent.mkdir(parents=True, exist_ok=True)
             self.size = (rgb.shape[1], rgb.shape[0])
             self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, self.size)
@@ -256,7 +261,7 @@ class _SegmentationWriter(_CsvWriter):
             self.video.write(item.file, overlay)
             self.row([item.file.name, item.frame, "", classes])
             return
-        stem = item.file.name[: len(item.file.name) - len(Path(item.file.name).suffix)]
+        stem = _without_suffix(item.file.name)
         save_index_mask(result["mask"], self.out / "masks" / f"{stem}.png")
         path = self.out / "overlays" / f"{stem}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,16 +12,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 class SplitDataModule(pl.LightningDataModule):
     """Train / val / test (= val) / predict loaders over ``self.{train,val,predict}_dataset``, which
     subclasses build in ``setup``; subclasses set ``batch_size``, ``num_workers``, ``pin_memory`` and may
-    set ``collate_fn``."""
+    set ``collate_fn`` and ``eval_batch_size`` (every loader but the training one; default ``batch_size``)."""
 
     collate_fn: Callable[[list], Any] | None = None
+    eval_batch_size: int | None = None
     train_dataset: Dataset | None = None
     val_dataset: Dataset | None = None
     predict_dataset: Dataset | None = None
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False,
                 sampler: Sampler | None = None) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last, sampler=sampler,
+        batch_size = self.batch_size if dataset is self.train_dataset else self.eval_batch_size or self.batch_size
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=self.collate_fn, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 

@@ -45,10 +45,9 @@ from .finegrained import (
 from .glyphs import GLYPH_CLASSES, ensure_glyphs_dataset
 from ._datamodule import SplitDataModule
 from .image_io import IMAGE_EXTENSIONS, is_image_file, load_rgb_image
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, SeededTransform
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops
 
 import albumentations as A  # noqa: E402  (imported after .transforms, which disables the update check)
-from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 __all__ = [
     "CLASSIFICATION_AUGMENTS",
@@ -89,11 +88,7 @@ class ClassificationTransform(SeededTransform):
         return self.compose(image=image)["image"]
 
 
-def _mean_fill(mean: Sequence[float]) -> tuple[int, ...]:
-    return tuple(int(round(m * 255)) for m in mean)
-
-
-def randaugment_ops(num_ops: int = 2, fill: Sequence[float] = _mean_fill(IMAGENET_MEAN)) -> A.SomeOf:
+def randaugment_ops(num_ops: int = 2, fill: Sequence[float] = mean_fill(IMAGENET_MEAN)) -> A.SomeOf:
     """RandAugment-like policy: ``num_ops`` distinct ops drawn uniformly from a pool of 14, each
     at a random magnitude up to about RandAugment's M=9-10 (Cubuk et al. 2020)."""
     fill = tuple(fill)
@@ -114,12 +109,6 @@ def randaugment_ops(num_ops: int = 2, fill: Sequence[float] = _mean_fill(IMAGENE
         A.NoOp(p=1.0),
     ]
     return A.SomeOf(pool, n=num_ops, replace=False, p=1.0)
-
-
-def _normalize(mean: Sequence[float], std: Sequence[float], to_tensor: bool) -> list[A.BasicTransform]:
-    if not to_tensor:
-        return []
-    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
 
 
 def _check_size(image_size: int) -> int:
@@ -146,7 +135,7 @@ def classification_eval_transforms(
         raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
     resize = max(image_size, int(image_size / resize_ratio))
     ops = [A.SmallestMaxSize(max_size=resize), A.CenterCrop(image_size, image_size)]
-    return ClassificationTransform(ops + _normalize(mean, std, to_tensor))
+    return ClassificationTransform(ops + normalize_ops(mean, std, to_tensor))
 
 
 def classification_train_transforms(
@@ -177,8 +166,8 @@ def classification_train_transforms(
         A.HorizontalFlip(p=0.5 if hflip else 0.0),
     ]
     if augment == "randaugment":
-        ops.append(randaugment_ops(fill=_mean_fill(mean)))
-    return ClassificationTransform(ops + _normalize(mean, std, to_tensor))
+        ops.append(randaugment_ops(fill=mean_fill(mean)))
+    return ClassificationTransform(ops + normalize_ops(mean, std, to_tensor))
 
 
 # --------------------------------------------------------------------------------------------

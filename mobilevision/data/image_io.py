@@ -19,15 +19,16 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageDecodeError", "check_files_exist", "is_image_file", "load_rgb_image",
-           "missing_files", "read_image_size", "save_index_mask", "voc_colormap"]
+__all__ = ["IMAGE_EXTENSIONS", "TRANSPOSING_ORIENTATIONS", "ImageDecodeError", "check_files_exist", "is_image_file",
+           "load_rgb_image", "missing_files", "read_image_header", "read_image_size", "save_index_mask",
+           "voc_colormap"]
 
 #: File extensions treated as images (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 _EXIF_ORIENTATION = 0x0112
-# Orientations 5-8 swap width and height.
-_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+#: EXIF orientations 5-8 swap width and height.
+TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 
 
 class ImageDecodeError(OSError):
@@ -91,23 +92,29 @@ def load_rgb_image(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
-def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of the displayed image (EXIF orientation applied), from the file header only.
+def read_image_header(path: str | os.PathLike) -> tuple[tuple[int, int], int]:
+    """((width, height) as stored, EXIF orientation (1 when none)) from the file header only.
 
     Raises ``FileNotFoundError`` / ``ImageDecodeError`` naming the file.
     """
     path = os.fspath(path)
     try:
         with Image.open(path) as img:
-            w, h = img.size
             # Image.getexif, not the PNG override, which decodes the whole file to look for a late eXIf chunk.
-            if Image.Image.getexif(img).get(_EXIF_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS:
-                w, h = h, w
+            return img.size, int(Image.Image.getexif(img).get(_EXIF_ORIENTATION, 1) or 1)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(f"cannot read the image header of {path}: {type(e).__name__}: {e}") from e
-    return w, h
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of the displayed image (EXIF orientation applied), from the file header only.
+
+    Raises ``FileNotFoundError`` / ``ImageDecodeError`` naming the file.
+    """
+    (w, h), orientation = read_image_header(path)
+    return (h, w) if orientation in TRANSPOSING_ORIENTATIONS else (w, h)
 
 
 def missing_files(files: Sequence[str]) -> list[str]:

@@ -43,17 +43,16 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from ..evaluation.segmentation import IGNORE_INDEX, MASK_EXTENSIONS, read_index_mask
 from ._datamodule import SplitDataModule
-from .image_io import _EXIF_ORIENTATION, _TRANSPOSING_ORIENTATIONS, is_image_file, load_rgb_image, missing_files
+from .image_io import TRANSPOSING_ORIENTATIONS, is_image_file, load_rgb_image, missing_files, read_image_header
 from .shapes import SHAPES_SEGMENTATION_CLASSES, ensure_shapes_dataset, shapes_paths
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, SeededTransform
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops
 
 import albumentations as A  # noqa: E402  (imported after .transforms, which disables the update check)
 import cv2  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 __all__ = [
     "ADE20K_CLASSES",
@@ -227,17 +226,11 @@ def _size_problem(image: str, mask: str, image_wh: tuple[int, int], mask_wh: tup
         return None
     msg = (f"{mask}: mask is {mask_wh[0]}x{mask_wh[1]} but its image {image} is {image_wh[0]}x{image_wh[1]} "
            "(width x height)")
-    if orientation in _TRANSPOSING_ORIENTATIONS and tuple(mask_wh) == (image_wh[1], image_wh[0]):
+    if orientation in TRANSPOSING_ORIENTATIONS and tuple(mask_wh) == (image_wh[1], image_wh[0]):
         msg += (f"; the mask matches the image as stored, before its EXIF orientation ({orientation}: rotated) is "
                 "applied - masks must be in the displayed orientation (re-export the mask from the rotated image, "
                 "or rotate the image's pixels and drop its EXIF orientation)")
     return msg
-
-
-def _header(path: str) -> tuple[tuple[int, int], int]:
-    """(stored width, height), EXIF orientation, from the file header."""
-    with Image.open(path) as img:
-        return img.size, int(Image.Image.getexif(img).get(_EXIF_ORIENTATION, 1) or 1)
 
 
 def _few(items: Sequence[str], k: int = 5) -> str:
@@ -265,12 +258,12 @@ def check_samples(samples: SegmentationSamples, num_classes: int, skip_bad: bool
     def check(i: int) -> str | None:
         image, mask = samples.images[i], samples.masks[i]
         try:
-            (w, h), orientation = _header(image)
-        except (OSError, SyntaxError, ValueError) as e:
-            return f"cannot read the image header of {image}: {e}"
+            (w, h), orientation = read_image_header(image)
+        except OSError as e:  # the message names the file
+            return str(e)
         if mask is None:
             return None
-        shown = (h, w) if orientation in _TRANSPOSING_ORIENTATIONS else (w, h)
+        shown = (h, w) if orientation in TRANSPOSING_ORIENTATIONS else (w, h)
         if samples.check_labels:  # decode: labels and colours checked too
             try:
                 raw, labels = _decode_mask(mask, samples.lut, samples.colors)
@@ -282,9 +275,9 @@ def check_samples(samples: SegmentationSamples, num_classes: int, skip_bad: bool
         if mask.endswith(".mat"):
             return None  # sizes checked when loaded
         try:
-            mask_wh, _ = _header(mask)
-        except (OSError, SyntaxError, ValueError) as e:
-            return f"cannot read the mask header of {mask}: {e}"
+            mask_wh, _ = read_image_header(mask)
+        except OSError as e:
+            return f"{e} (the mask of {image})"
         return _size_problem(image, mask, shown, mask_wh, orientation)
 
     todo = [i for i in range(len(samples)) if i not in problems]
@@ -551,12 +544,6 @@ class SegmentationTransform(SeededTransform):
         return out["image"], out["mask"]
 
 
-def _normalize(mean: Sequence[float], std: Sequence[float], to_tensor: bool) -> list[A.BasicTransform]:
-    if not to_tensor:
-        return []
-    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
-
-
 def segmentation_train_transforms(
     crop_size: int,
     scale_min: float = 0.5,
@@ -575,7 +562,7 @@ def segmentation_train_transforms(
     before the normalization (uint8 output, for inspection and tests)."""
     if not 0 < scale_min <= scale_max:
         raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
-    fill = tuple(int(round(m * 255)) for m in mean)
+    fill = mean_fill(mean)
     ops: list[A.BasicTransform] = []
     if (scale_min, scale_max) != (1.0, 1.0):
         ops.append(A.RandomScale(scale_limit=(scale_min - 1.0, scale_max - 1.0), interpolation=cv2.INTER_LINEAR,
@@ -590,7 +577,7 @@ def segmentation_train_transforms(
     if photometric:
         ops.append(A.ColorJitter(brightness=(0.8, 1.2), contrast=(0.8, 1.2), saturation=(0.8, 1.2), hue=(-0.02, 0.02),
                                  p=0.5))
-    return SegmentationTransform(ops + _normalize(mean, std, to_tensor))
+    return SegmentationTransform(ops + normalize_ops(mean, std, to_tensor))
 
 
 def segmentation_eval_transforms(
@@ -606,7 +593,7 @@ def segmentation_eval_transforms(
     if eval_size is not None:
         ops.append(A.SmallestMaxSize(max_size=int(eval_size), interpolation=cv2.INTER_LINEAR,
                                      area_for_downscale="image"))
-    return SegmentationTransform(ops + _normalize(mean, std, to_tensor))
+    return SegmentationTransform(ops + normalize_ops(mean, std, to_tensor))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1013,11 +1000,3 @@ class SegmentationDataModule(SplitDataModule):
                                                            num_classes=self.num_classes)
             else:
                 self.predict_dataset = self.val_dataset
-
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False,
-                sampler: Sampler | None = None) -> DataLoader:
-        """The base class's loader, with ``eval_batch_size`` for everything but the training set."""
-        batch_size = self.batch_size if dataset is self.train_dataset else self.eval_batch_size
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, sampler=sampler,
-                          num_workers=self.num_workers, collate_fn=self.collate_fn, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)

@@ -49,12 +49,26 @@ __all__ = [
     "SeededTransform",
     "ZoomOut",
     "eval_transforms",
+    "mean_fill",
+    "normalize_ops",
     "train_transforms",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENT_POLICIES = ("none", "flip", "flips", "ssdlite", "ssd")
+
+
+def mean_fill(mean: Sequence[float] = IMAGENET_MEAN) -> tuple[int, ...]:
+    """The 8-bit RGB colour of ``mean`` (fractions): the padding that normalizes to zero."""
+    return tuple(int(round(m * 255)) for m in mean)
+
+
+def normalize_ops(mean: Sequence[float], std: Sequence[float], to_tensor: bool) -> list[A.BasicTransform]:
+    """``Normalize`` + ``ToTensorV2`` (nothing when ``to_tensor`` is False: uint8 HWC out, for inspection)."""
+    if not to_tensor:
+        return []
+    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
 
 
 def _to_abs(bboxes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -283,10 +297,7 @@ class DetectionTransform(SeededTransform):
 
 
 def _finish(image_size: int, mean: Sequence[float], std: Sequence[float], to_tensor: bool) -> list[A.BasicTransform]:
-    ops: list[A.BasicTransform] = [A.Resize(image_size, image_size)]
-    if to_tensor:
-        ops += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
-    return ops
+    return [A.Resize(image_size, image_size), *normalize_ops(mean, std, to_tensor)]
 
 
 def train_transforms(

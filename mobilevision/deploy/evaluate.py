@@ -94,11 +94,11 @@ def evaluate_predictor(predictor: Predictor, dm: LightningDataModule, max_batche
             metrics.update([{"image_id": int(t["image_id"]), "boxes": torch.as_tensor(r["boxes"]),
                              "scores": torch.as_tensor(r["scores"]),
                              "labels": torch.as_tensor(r["labels"])} for t, r in zip(targets, results)])
-        elif kind == "segmentation":
-            for image, t in zip(images, batch[1]):
-                h, w = (int(v) for v in t["input_size"])
-                rgb = np.clip(np.rint(image[:, :h, :w].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
-                mask = torch.from_numpy(predictor([rgb])[0]["mask"].astype(np.int64))
+        elif kind == "segmentation":  # the images' unpadded parts, as 8-bit RGB, through the predictor's letterbox
+            rgbs = [np.clip(np.rint(image[:, :h, :w].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+                    for image, (h, w) in zip(images, (t["input_size"] for t in batch[1]))]
+            for result, t in zip(predictor(rgbs), batch[1]):
+                mask = torch.from_numpy(result["mask"].astype(np.int64))
                 if tuple(mask.shape) != tuple(t["mask"].shape):
                     mask = torch.nn.functional.interpolate(mask[None, None].float(), size=tuple(t["mask"].shape),
                                                            mode="nearest")[0, 0].long()

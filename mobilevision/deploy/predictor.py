@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.classification import classification_eval_transforms
-from ..data.transforms import IMAGENET_MEAN
+from ..data.transforms import IMAGENET_MEAN, mean_fill
 from ..detection.postprocess import select_detections
 from ..evaluation.coco import scale_boxes
 from ..tasks.geolocalization import locations_from_logits
@@ -43,7 +43,7 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (nh, nw) != (h, w):
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR)
     out = np.empty((size[0], size[1], 3), np.uint8)
-    out[...] = np.rint(np.asarray(IMAGENET_MEAN) * 255).astype(np.uint8)
+    out[...] = mean_fill(IMAGENET_MEAN)
     out[:nh, :nw] = image
     return out
 

@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from ..layers.mobileone import reparameterize_model
-from ..models import create_classifier, load_pretrained
+from ..models import ImageClassifier, create_classifier, load_pretrained
 from ._ema import EMA
 from ._optim import build_optimizer, param_groups, schedule
 from .checkpoint import check_finite_weights
@@ -54,7 +54,13 @@ class BackboneTask(pl.LightningModule):
         return kwargs
 
     def attach_model(self, model: nn.Module) -> None:
-        """Install ``model`` (with a ``.backbone``) as ``self.model``: frozen backbone, memory format, eval state."""
+        """Install ``model`` (with a ``.backbone``) as ``self.model``: frozen backbone, memory format, eval state.
+        Checks the hyper-parameters every task shares (``ema_decay``; ``class_names`` against ``num_classes``)."""
+        hp = self.hparams
+        if hp.ema_decay is not None and not 0.0 < hp.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {hp.ema_decay}")
+        if hp.get("class_names") is not None and len(hp.class_names) != hp.num_classes:
+            raise ValueError(f"{len(hp.class_names)} class names for num_classes={hp.num_classes}")
         self.model = model
         self._weights_pending = bool(self.hparams.backbone_weights)  # loaded when a fit starts from scratch
         if self.hparams.freeze_backbone:  # no gradients, and BatchNorm statistics frozen too (see train())
@@ -66,9 +72,17 @@ class BackboneTask(pl.LightningModule):
         self.eval_losses = eval_losses()
 
     def load_backbone_weights(self) -> None:
-        """Load ``backbone_weights`` (ImageNet) into the network now; the classifier layer too when its number of
-        outputs fits (see :func:`~mobilevision.models.load_pretrained`)."""
-        load_pretrained(self.model, self.hparams.backbone, self.hparams.backbone_weights)
+        """Load ``backbone_weights`` (ImageNet) into the network now: into a classifier with its final layer when the
+        number of outputs fits (see :func:`~mobilevision.models.load_pretrained`); into the backbone of any other
+        network (a detector, a segmenter), through an ImageNet classifier, for the blocks it has (a segmenter's
+        backbone may end before the classifier's)."""
+        hp = self.hparams
+        if isinstance(self.model, ImageClassifier):
+            load_pretrained(self.model, hp.backbone, hp.backbone_weights)
+        else:
+            theirs = create_classifier(hp.backbone, weights=hp.backbone_weights, **self.backbone_kwargs()).backbone
+            state = theirs.state_dict()
+            self.model.backbone.load_state_dict({k: state[k] for k in self.model.backbone.state_dict()})
         self._weights_pending = False
 
     def on_fit_start(self) -> None:

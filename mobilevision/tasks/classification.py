@@ -72,10 +72,6 @@ class ClassificationTask(BackboneTask):
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         self.save_hyperparameters()
         self.build_model(num_classes, dropout)
         self.val_metrics = classification_metrics(num_classes)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..evaluation.coco import COCOEvaluator, scale_boxes
-from ..models import SSDLite, create_classifier
+from ..models import SSDLite
 from ._backbone import BackboneTask
 from ._optim import OptimizerName
 from .checkpoint import check_finite_loss, check_same_labels
@@ -81,8 +81,6 @@ class DetectionTask(BackboneTask):
         eval_backend: str = "pycocotools",
     ) -> None:
         super().__init__()
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         self.save_hyperparameters()
         self.attach_model(SSDLite(backbone, num_classes, image_size, width, backbone_kwargs, min_ratio=min_ratio,
                                   max_ratio=max_ratio, score_thresh=score_thresh, nms_thresh=nms_thresh,
@@ -90,13 +88,6 @@ class DetectionTask(BackboneTask):
         self.evaluator: COCOEvaluator | None = None
         self._evaluator_for: tuple | None = None  # (ground truth, label map, backend) of self.evaluator
         self.last_metrics: dict[str, Any] = {}
-
-    def load_backbone_weights(self) -> None:
-        """Load ``backbone_weights`` (an ImageNet classifier's) into the backbone now."""
-        classifier = create_classifier(self.hparams.backbone, weights=self.hparams.backbone_weights,
-                                       **self.backbone_kwargs())
-        self.model.backbone.load_state_dict(classifier.backbone.state_dict())
-        self._weights_pending = False
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The checkpoint holds every weight; refuse to resume (or validate it) on data with other categories."""

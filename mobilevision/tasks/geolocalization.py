@@ -100,8 +100,6 @@ class GeolocalizationTask(BackboneTask):
             raise ValueError(f"cell_location must be 'center' or 'mean', got {cell_location!r}")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         self.save_hyperparameters(ignore=["partition"])  # the partition is in the buffers
         self.hparams.num_cells = num_cells
         self.build_model(num_cells, dropout)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evaluation.segmentation import IGNORE_INDEX, segmentation_metrics, summarize_confusion
-from ..models import SegmentationModel, create_classifier, multi_scale_probs
+from ..models import SegmentationModel, multi_scale_probs
 from ..models.segmentation import HeadName
 from ._backbone import BackboneTask
 from ._optim import OptimizerName
@@ -73,10 +73,6 @@ class SegmentationTask(BackboneTask):
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         if eval_scales is not None and (not eval_scales or min(eval_scales) <= 0):
             raise ValueError(f"eval_scales must be positive numbers, got {eval_scales}")
         self.save_hyperparameters()
@@ -85,14 +81,6 @@ class SegmentationTask(BackboneTask):
         self.val_metrics = segmentation_metrics(num_classes, ignore_index)
         self.test_metrics = segmentation_metrics(num_classes, ignore_index)
         self.last_metrics: dict[str, Any] = {}
-
-    def load_backbone_weights(self) -> None:
-        """Load ``backbone_weights`` (an ImageNet classifier's) into the backbone's blocks now."""
-        classifier = create_classifier(self.hparams.backbone, weights=self.hparams.backbone_weights,
-                                       **self.backbone_kwargs())
-        theirs = classifier.backbone.state_dict()
-        self.model.backbone.load_state_dict({k: theirs[k] for k in self.model.backbone.state_dict()})
-        self._weights_pending = False
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -107,41 +95,35 @@ class SegmentationTask(BackboneTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
-    def _scales(self) -> tuple[Sequence[float], bool]:
-        return tuple(self.hparams.eval_scales or (1.0,)), bool(self.hparams.eval_flip)
-
     def segment(self, images: torch.Tensor, targets: Sequence[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per image: scores [C, h0, w0] at its original size (logits, or MF probabilities) and the label map."""
+        """Per image: log-probabilities [C, h0, w0] at its original size (of the logits, or of the MF-averaged
+        probabilities with ``eval_scales`` / ``eval_flip``) and the label map."""
         net = self.eval_model()
         x = self._prepare(images)
         logits = net(x)
-        scales, flip = self._scales()
-        scores = logits if scales == (1.0,) and not flip else multi_scale_probs(net, x, scales, flip, logits)
+        scales = tuple(self.hparams.eval_scales or (1.0,))
+        mf = scales != (1.0,) or bool(self.hparams.eval_flip)
+        scores = multi_scale_probs(net, x, scales, bool(self.hparams.eval_flip), logits) if mf else logits
         out_scores, labels = [], []
         for s, t in zip(scores, targets):
             h, w = (int(v) for v in t["input_size"])
-            s = s[:, :h, :w]
+            s = s[:, :h, :w].float()
             size = tuple(int(v) for v in t["orig_size"])
             if (h, w) != size:
-                s = F.interpolate(s[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+                s = F.interpolate(s[None], size=size, mode="bilinear", align_corners=False)[0]
+            s = s.clamp_min(1e-12).log() if mf else s.log_softmax(dim=0)
             out_scores.append(s)
             labels.append(s.argmax(dim=0))
         return out_scores, labels
 
     def _eval_step(self, batch, metrics, stage: str) -> None:
         images, targets = batch
-        scores, labels = self.segment(images, targets)
-        scales, flip = self._scales()
-        probs = scales != (1.0,) or flip  # MF scores are probabilities
         ignore = self.hparams.ignore_index
-        for s, pred, t in zip(scores, labels, targets):
+        for log_probs, pred, t in zip(*self.segment(images, targets), targets):
             mask = t["mask"].to(pred.device)
             metrics.update(pred[None], mask[None])
             if (mask != ignore).any():  # the mean loss per image
-                s = s[None].float()
-                loss = (F.nll_loss(s.clamp_min(1e-12).log(), mask[None], ignore_index=ignore) if probs
-                        else F.cross_entropy(s, mask[None], ignore_index=ignore))
-                self.eval_losses[stage].update(loss, 1)
+                self.eval_losses[stage].update(F.nll_loss(log_probs[None], mask[None], ignore_index=ignore), 1)
 
     def summarize(self, computed: torch.Tensor) -> dict[str, Any]:
         return summarize_confusion(computed, self.hparams.class_names)
