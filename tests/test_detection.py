@@ -368,15 +368,15 @@ def test_head_and_extras_shapes():
 
 
 # -- SSDLite ---------------------------------------------------------------------------------------------
-def _torchvision_anchors(image_size: tuple[int, int], feature_sizes) -> torch.Tensor:
-    """torchvision's DefaultBoxGenerator with SSDLite's default boxes ([[2, 3]] * 6, scales 0.2 to 0.95) on
-    maps of ``feature_sizes``; agrees with ours to float32 rounding (it computes in float32 throughout)."""
+def _torchvision_anchors(image_size: tuple[int, int], feature_sizes, min_ratio=0.2, max_ratio=0.95) -> torch.Tensor:
+    """torchvision's DefaultBoxGenerator with SSDLite's default boxes ([[2, 3]] * 6, scales 0.2 to 0.95 unless
+    given) on maps of ``feature_sizes``; agrees with ours to float32 rounding (it computes in float32 throughout)."""
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator as TorchvisionBoxGenerator
     from torchvision.models.detection.image_list import ImageList
 
     h, w = image_size
     maps = [torch.zeros(1, 1, fh, fw) for fh, fw in feature_sizes]
-    return TorchvisionBoxGenerator([[2, 3]] * 6, 0.2, 0.95)(ImageList(torch.zeros(1, 3, h, w), [(h, w)]), maps)[0]
+    return TorchvisionBoxGenerator([[2, 3]] * 6, min_ratio, max_ratio)(ImageList(torch.zeros(1, 3, h, w), [(h, w)]), maps)[0]
 
 
 def _small_kwargs(name: str) -> dict:
@@ -393,6 +393,12 @@ def test_tap_selection():
     assert [(f.module, f.channels, f.stride) for f in taps] == [("blocks.11", 512, 16), ("blocks.13", 1024, 32)]
     taps = [mo.all_feature_info[i] for i in select_ssd_taps(mo.all_feature_info)]
     assert [(f.channels, f.stride, f.expansion) for f in taps] == [(256, 16, False), (1024, 32, False)]
+    # first_stride=8 adds the stride-8 map: MobileNetV2's expansion of its first stride-16 block (32 x 6
+    # channels), MobileNetV1's last 256-channel layer.
+    taps = [v2.all_feature_info[i] for i in select_ssd_taps(v2.all_feature_info, 3)]
+    assert [(f.channels, f.stride) for f in taps] == [(192, 8), (576, 16), (1280, 32)] and taps[0].expansion
+    taps = [v1.all_feature_info[i] for i in select_ssd_taps(v1.all_feature_info, 3)]
+    assert [(f.channels, f.stride) for f in taps] == [(256, 8), (512, 16), (1024, 32)]
 
 
 @pytest.mark.parametrize("name", mobilevision.list_backbones())
@@ -440,6 +446,20 @@ def test_ssdlite_train_eval_outputs_and_options():
     with pytest.raises(ValueError, match="out_indices"):
         SSDLite("mobilenet_v2", backbone_kwargs={"out_indices": (0, 1)})
     assert SSDLite("mobilenet_v2", width=0.35, scale_extras=False).extras.out_channels == [512, 256, 256, 128]
+    with pytest.raises(ValueError, match="first_stride"):
+        SSDLite("mobilenet_v2", first_stride=12)
+
+
+def test_ssdlite_first_stride_8():
+    model = SSDLite("mobilenet_v2", num_classes=3, width=0.25, image_size=192, first_stride=8,
+                    min_ratio=0.1, max_ratio=0.9).eval()
+    assert [f.stride for f in model.backbone.feature_info] == [8, 16, 32] and len(model.extras.out_channels) == 3
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 192, 192))
+    assert out["feature_sizes"] == [(24, 24), (12, 12), (6, 6), (3, 3), (2, 2), (1, 1)] == model.feature_sizes_for(192)
+    assert out["cls_logits"].shape == (1, 6 * (576 + 144 + 36 + 9 + 4 + 1), 4)
+    ref = _torchvision_anchors((192, 192), out["feature_sizes"], min_ratio=0.1, max_ratio=0.9)
+    torch.testing.assert_close(out["anchors"], ref, rtol=0, atol=1e-4)
 
 
 def test_ssdlite_mobilenet_v2_complexity_vs_paper():

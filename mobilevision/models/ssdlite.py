@@ -1,13 +1,14 @@
 """SSDLite (MobileNetV2 paper, arXiv 1801.04381, section 6.2) on any registered backbone.
 
 Backbone taps at stride 16 and 32 -> four extra layers -> separable prediction head on the six maps,
-with SSD default boxes. :meth:`SSDLite.forward` returns the raw outputs (the same in train and eval
+with SSD default boxes (``first_stride=8``: taps at 8, 16 and 32 -> three extra layers). :meth:`SSDLite.forward` returns the raw outputs (the same in train and eval
 mode); :meth:`SSDLite.compute_loss` and :meth:`SSDLite.predict` / :meth:`SSDLite.postprocess` turn them
 into the training loss and detections.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -20,22 +21,27 @@ from ..heads import SSDLiteExtras, SSDLiteHead
 from ..layers import make_divisible
 
 
-def select_ssd_taps(feature_info: Sequence[FeatureInfo]) -> tuple[int, int]:
-    """Indices into ``all_feature_info`` of the two maps SSDLite predicts from.
+def select_ssd_taps(feature_info: Sequence[FeatureInfo], num_taps: int = 2) -> tuple[int, ...]:
+    """Indices into ``all_feature_info`` of the ``num_taps`` backbone maps SSDLite predicts from.
 
-    The last tap (the final block output, stride 32 for every backbone here) and, at half its stride,
-    the expansion output of the strided block when the backbone has one there (MobileNetV2:
-    ``blocks.14.expand``, the paper's "expansion of layer 15"), otherwise the last block output at that
-    stride.
+    The last tap (the final block output, stride 32 for every backbone here) and, at each halved stride
+    before it, the expansion output of the strided block when the backbone has one there (MobileNetV2:
+    ``blocks.14.expand`` at stride 16, the paper's "expansion of layer 15"; ``blocks.7.expand`` at 8),
+    otherwise the last block output at that stride. The paper uses two (strides 16 and 32).
     """
+    if num_taps < 1:
+        raise ValueError(f"num_taps must be at least 1, got {num_taps}")
     last = max(k for k, f in enumerate(feature_info) if not f.expansion)
-    stride = feature_info[last].stride // 2
-    candidates = [k for k, f in enumerate(feature_info) if f.stride == stride]
-    if not candidates:
-        raise ValueError(f"backbone has no feature tap at stride {stride}: "
-                         f"{[(f.module, f.channels, f.stride) for f in feature_info]}")
-    expansions = [k for k in candidates if feature_info[k].expansion]
-    return (expansions or candidates)[-1], last
+    taps = [last]
+    for _ in range(num_taps - 1):
+        stride = feature_info[taps[0]].stride // 2
+        candidates = [k for k, f in enumerate(feature_info) if f.stride == stride]
+        if not candidates:
+            raise ValueError(f"backbone has no feature tap at stride {stride}: "
+                             f"{[(f.module, f.channels, f.stride) for f in feature_info]}")
+        expansions = [k for k in candidates if feature_info[k].expansion]
+        taps.insert(0, (expansions or candidates)[-1])
+    return tuple(taps)
 
 
 class SSDLite(nn.Module):
@@ -51,7 +57,13 @@ class SSDLite(nn.Module):
             need ``None``.
         backbone_kwargs: more keyword arguments for the backbone factory (``out_indices`` is chosen
             here: see :func:`select_ssd_taps`).
-        extra_depths: output channels of the extra layers (paper / TF: 512, 256, 256, 128).
+        first_stride: stride of the finest map predicted from: 16 as in the paper (backbone maps at 16 and
+            32, then four extra layers), or 8 (backbone maps at 8, 16 and 32, then three extra layers;
+            the first default boxes sit on a grid twice as fine, which small objects need: at 192 px with
+            ``min_ratio`` 0.1, 0.2% of the shapes training boxes have no default box at IoU 0.5, against
+            16% at stride 16).
+        extra_depths: output channels of the extra layers (paper / TF: 512, 256, 256, 128; default: as
+            many of those as make six maps in all).
         scale_extras: when ``width`` is given, scale ``extra_depths`` by it too (rounded to a multiple
             of 8, at least 16), as torchvision does for SSDLite-MobileNetV3; at width 1.0 the depths are
             the paper's.
@@ -69,7 +81,8 @@ class SSDLite(nn.Module):
         image_size: int | tuple[int, int] = 320,
         width: float | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
-        extra_depths: Sequence[int] = (512, 256, 256, 128),
+        first_stride: int = 16,
+        extra_depths: Sequence[int] | None = None,
         scale_extras: bool = True,
         aspect_ratios: Sequence[Sequence[float]] | None = None,
         min_ratio: float = 0.2,
@@ -96,8 +109,15 @@ class SSDLite(nn.Module):
             if width is not None and "width" in str(e):
                 raise TypeError(f"backbone {backbone!r} takes no width multiplier; use width=None") from e
             raise
-        out_indices = select_ssd_taps(probe.all_feature_info)
+        last_stride = max(f.stride for f in probe.all_feature_info)
+        num_taps = 1 + round(math.log2(last_stride / first_stride)) if first_stride > 0 else 0
+        if num_taps < 1 or last_stride // 2 ** (num_taps - 1) != first_stride:
+            raise ValueError(f"first_stride must be a power of 2 up to the backbone's last stride {last_stride}, "
+                             f"got {first_stride}")
+        out_indices = select_ssd_taps(probe.all_feature_info, num_taps)
         del probe
+        if extra_depths is None:
+            extra_depths = (512, 256, 256, 128)[:max(0, 6 - num_taps)]
         self.backbone = create_backbone(backbone, out_indices=out_indices, **kwargs)
         taps = self.backbone.feature_info
 

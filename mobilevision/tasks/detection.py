@@ -34,6 +34,8 @@ class DetectionTask(BackboneTask):
             weights and its BatchNorm statistics (it stays in eval mode).
         backbone_lr_scale: the backbone's learning rate as a fraction of ``lr`` (fine-tuning: e.g. 0.1);
             the extra layers and the head train at ``lr``.
+        first_stride: stride of the finest map predicted from: 16 (the paper) or 8 (adds the backbone's
+            stride-8 map, for small objects); see :class:`~mobilevision.models.SSDLite`.
         min_ratio, max_ratio: default box scales of the first and last feature map, as fractions of the
             input side (SSD: 0.2 and 0.95; lower ``min_ratio`` for datasets of small objects).
         optimizer, lr, momentum, weight_decay: SGD / RMSProp / AdamW; no decay on norms and biases.
@@ -62,6 +64,7 @@ class DetectionTask(BackboneTask):
         backbone_weights: str | None = None,
         freeze_backbone: bool = False,
         backbone_lr_scale: float = 1.0,
+        first_stride: int = 16,
         min_ratio: float = 0.2,
         max_ratio: float = 0.95,
         optimizer: OptimizerName = "sgd",
@@ -82,8 +85,8 @@ class DetectionTask(BackboneTask):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.attach_model(SSDLite(backbone, num_classes, image_size, width, backbone_kwargs, min_ratio=min_ratio,
-                                  max_ratio=max_ratio, score_thresh=score_thresh, nms_thresh=nms_thresh,
+        self.attach_model(SSDLite(backbone, num_classes, image_size, width, backbone_kwargs, first_stride=first_stride,
+                                  min_ratio=min_ratio, max_ratio=max_ratio, score_thresh=score_thresh, nms_thresh=nms_thresh,
                                   detections_per_img=detections_per_img))
         self.evaluator: COCOEvaluator | None = None
         self._evaluator_for: tuple | None = None  # (ground truth, label map, backend) of self.evaluator
