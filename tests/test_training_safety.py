@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,29 @@ def test_last_ckpt_follows_training_while_best_follows_the_metric(tmp_path, ever
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best-0.ckpt", "last.ckpt"]
     assert torch.load(tmp_path / "best-0.ckpt", weights_only=True)["global_step"] == 8
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 24
+
+
+def test_epochs_before_the_first_validation_rank_nothing_and_do_not_warn(tmp_path):
+    """check_val_every_n_epoch=2: the first epoch end has no val metric (Lightning would warn that it was never
+    logged); last.ckpt is still written there, and the best file follows the validation at the second."""
+    checkpoint = TrainingCheckpoint(dirpath=tmp_path, monitor="val/acc1", mode="max", save_last=True,
+                                    save_on_train_epoch_end=True, filename="best", auto_insert_metric_name=False)
+    seen = []
+
+    class Spy(pl.Callback):  # Lightning runs checkpoint callbacks last: look at the start of the next epoch
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(sorted(p.name for p in tmp_path.iterdir()))
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[checkpoint, Spy()], max_epochs=2,
+                         check_val_every_n_epoch=2, num_sanity_val_steps=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(tiny_task(), train_dataloaders=loader(), val_dataloaders=loader(n=4))
+    assert not [w for w in caught if "monitored key" in str(w.message)]
+    assert seen == [[], ["last.ckpt"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(tmp_path / "best.ckpt", weights_only=True)["global_step"] == 16
 
 
 def write_color_folder(root: Path, n_train: int = 8, n_val: int = 2) -> Path:

@@ -116,14 +116,16 @@ def _short(value: Any, n: int = 8) -> str:
 
 
 class TrainingCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` (best-k by the monitored metric, ``last.ckpt``) with three changes:
+    """Lightning's ``ModelCheckpoint`` (best-k by the monitored metric, ``last.ckpt``) with four changes:
 
     * every file is written under a temporary name in its directory and renamed into place (``os.replace``), so a
       process killed during a save leaves the previous file whole;
     * ``last.ckpt`` is rewritten at every epoch end (``save_on_train_epoch_end``) or validation end, also when the
       monitored metric did not improve (Lightning then leaves it at the last improvement);
     * ``save_last_every_n_steps``: also refresh ``last.ckpt`` every that many optimizer steps, so a killed run
-      resumes (``--ckpt_path last.ckpt``) at most that many steps back. Best-k files still follow the metric.
+      resumes (``--ckpt_path last.ckpt``) at most that many steps back. Best-k files still follow the metric;
+    * epochs that end before the first validation (``check_val_every_n_epoch`` > 1) rank nothing, silently:
+      Lightning would save nothing either, but warn at each of them that the metric was never logged.
     """
 
     def __init__(self, *args: Any, save_last_every_n_steps: int = 0, **kwargs: Any) -> None:
@@ -145,6 +147,12 @@ class TrainingCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if (self.monitor is not None and self.monitor not in monitor_candidates
+                and not trainer.fit_loop.epoch_loop.val_loop._has_run):
+            return  # no validation yet: nothing to rank by (Lightning raises once one has run without the metric)
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
 
     def _write_last(self, trainer: pl.Trainer) -> None:
         if (self.save_last is True and trainer.state.fn == "fit" and not trainer.sanity_checking
