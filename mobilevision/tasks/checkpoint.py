@@ -125,7 +125,7 @@ class TrainingCheckpoint(ModelCheckpoint):
     * ``save_last_every_n_steps``: also refresh ``last.ckpt`` every that many optimizer steps, so a killed run
       resumes (``--ckpt_path last.ckpt``) at most that many steps back. Best-k files still follow the metric;
     * epochs that end before the first validation (``check_val_every_n_epoch`` > 1) rank nothing, silently:
-      Lightning would save nothing either, but warn at each of them that the metric was never logged.
+      Lightning would save nothing either, but warn that the metric was never logged.
     """
 
     def __init__(self, *args: Any, save_last_every_n_steps: int = 0, **kwargs: Any) -> None:
