@@ -395,9 +395,9 @@ def test_tap_selection():
     assert [(f.channels, f.stride, f.expansion) for f in taps] == [(256, 16, False), (1024, 32, False)]
     # first_stride=8 adds the stride-8 map: MobileNetV2's expansion of its first stride-16 block (32 x 6
     # channels), MobileNetV1's last 256-channel layer.
-    taps = [v2.all_feature_info[i] for i in select_ssd_taps(v2.all_feature_info, 3)]
+    taps = [v2.all_feature_info[i] for i in select_ssd_taps(v2.all_feature_info, first_stride=8)]
     assert [(f.channels, f.stride) for f in taps] == [(192, 8), (576, 16), (1280, 32)] and taps[0].expansion
-    taps = [v1.all_feature_info[i] for i in select_ssd_taps(v1.all_feature_info, 3)]
+    taps = [v1.all_feature_info[i] for i in select_ssd_taps(v1.all_feature_info, first_stride=8)]
     assert [(f.channels, f.stride) for f in taps] == [(256, 8), (512, 16), (1024, 32)]
 
 

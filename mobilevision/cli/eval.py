@@ -395,7 +395,6 @@ def _run_geolocalization(args: argparse.Namespace) -> int:
     return 0
 
 
-# -------------------------------------------------------------------------------- parser ----
 # ----------------------------------------------------------------------------- segmentation ----
 def _add_segmentation_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -514,6 +513,7 @@ def _run_segmentation(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- parser ----
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_coco_parser, _add_classification_parser, _add_geolocalization_parser, _add_segmentation_parser)
 

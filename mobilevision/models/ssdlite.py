@@ -1,14 +1,14 @@
 """SSDLite (MobileNetV2 paper, arXiv 1801.04381, section 6.2) on any registered backbone.
 
 Backbone taps at stride 16 and 32 -> four extra layers -> separable prediction head on the six maps,
-with SSD default boxes (``first_stride=8``: taps at 8, 16 and 32 -> three extra layers). :meth:`SSDLite.forward` returns the raw outputs (the same in train and eval
-mode); :meth:`SSDLite.compute_loss` and :meth:`SSDLite.predict` / :meth:`SSDLite.postprocess` turn them
+with SSD default boxes (``first_stride=8``: taps at 8, 16 and 32 -> three extra layers).
+:meth:`SSDLite.forward` returns the raw outputs (the same in train and eval mode);
+:meth:`SSDLite.compute_loss` and :meth:`SSDLite.predict` / :meth:`SSDLite.postprocess` turn them
 into the training loss and detections.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
@@ -21,26 +21,27 @@ from ..heads import SSDLiteExtras, SSDLiteHead
 from ..layers import make_divisible
 
 
-def select_ssd_taps(feature_info: Sequence[FeatureInfo], num_taps: int = 2) -> tuple[int, ...]:
-    """Indices into ``all_feature_info`` of the ``num_taps`` backbone maps SSDLite predicts from.
+def select_ssd_taps(feature_info: Sequence[FeatureInfo], first_stride: int = 16) -> tuple[int, ...]:
+    """Indices into ``all_feature_info`` of the backbone maps SSDLite predicts from, finest first.
 
     The last tap (the final block output, stride 32 for every backbone here) and, at each halved stride
-    before it, the expansion output of the strided block when the backbone has one there (MobileNetV2:
-    ``blocks.14.expand`` at stride 16, the paper's "expansion of layer 15"; ``blocks.7.expand`` at 8),
-    otherwise the last block output at that stride. The paper uses two (strides 16 and 32).
+    down to ``first_stride``, the expansion output of the strided block when the backbone has one there
+    (MobileNetV2: ``blocks.14.expand`` at stride 16, the paper's "expansion of layer 15"; ``blocks.7.expand``
+    at 8), otherwise the last block output at that stride. The paper predicts from 16 and 32.
     """
-    if num_taps < 1:
-        raise ValueError(f"num_taps must be at least 1, got {num_taps}")
     last = max(k for k, f in enumerate(feature_info) if not f.expansion)
-    taps = [last]
-    for _ in range(num_taps - 1):
-        stride = feature_info[taps[0]].stride // 2
+    taps, stride = [last], feature_info[last].stride
+    while first_stride >= 1 and stride > first_stride:
+        stride //= 2
         candidates = [k for k, f in enumerate(feature_info) if f.stride == stride]
         if not candidates:
             raise ValueError(f"backbone has no feature tap at stride {stride}: "
                              f"{[(f.module, f.channels, f.stride) for f in feature_info]}")
         expansions = [k for k in candidates if feature_info[k].expansion]
         taps.insert(0, (expansions or candidates)[-1])
+    if stride != first_stride:
+        raise ValueError(f"first_stride must be a power of 2 up to the backbone's last stride "
+                         f"{feature_info[last].stride}, got {first_stride}")
     return tuple(taps)
 
 
@@ -109,15 +110,10 @@ class SSDLite(nn.Module):
             if width is not None and "width" in str(e):
                 raise TypeError(f"backbone {backbone!r} takes no width multiplier; use width=None") from e
             raise
-        last_stride = max(f.stride for f in probe.all_feature_info)
-        num_taps = 1 + round(math.log2(last_stride / first_stride)) if first_stride > 0 else 0
-        if num_taps < 1 or last_stride // 2 ** (num_taps - 1) != first_stride:
-            raise ValueError(f"first_stride must be a power of 2 up to the backbone's last stride {last_stride}, "
-                             f"got {first_stride}")
-        out_indices = select_ssd_taps(probe.all_feature_info, num_taps)
+        out_indices = select_ssd_taps(probe.all_feature_info, first_stride)
         del probe
-        if extra_depths is None:
-            extra_depths = (512, 256, 256, 128)[:max(0, 6 - num_taps)]
+        if extra_depths is None:  # six maps in all
+            extra_depths = (512, 256, 256, 128)[:max(0, 6 - len(out_indices))]
         self.backbone = create_backbone(backbone, out_indices=out_indices, **kwargs)
         taps = self.backbone.feature_info
 
