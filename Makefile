@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 # road to the device: export to ONNX (checked against ONNX Runtime) and predict with the ONNX file on val images.
 demo: install
 	rm -rf outputs/demo
-	$(VENV)/bin/mobilevision train --task ssdlite --backbone mobilenet_v2 --checkpoint.dirpath outputs/demo/checkpoints
+	$(VENV)/bin/mobilevision train --task ssdlite --checkpoint.dirpath outputs/demo/checkpoints
 	$(VENV)/bin/mobilevision eval coco --checkpoint outputs/demo/checkpoints/last.ckpt \
 	    --json-out outputs/demo/metrics.json --draw outputs/demo/predictions.png
 	$(VENV)/bin/mobilevision export --checkpoint outputs/demo/checkpoints/last.ckpt --output outputs/demo/shapes.onnx

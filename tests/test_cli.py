@@ -34,7 +34,51 @@ def test_task_of_ignores_configs_without_a_model(tmp_path):
 def test_expand_shortcuts_with_equals_config():
     """``--config=PATH`` picks the config's task and keeps the config (no default config added)."""
     assert expand_shortcuts([f"--config={GLYPHS}", "--backbone=mobilenet_v1"]) == (
-        "classification", ["fit", f"--config={GLYPHS}", "--model.init_args.backbone", "mobilenet_v1"])
+        "classification", ["fit", f"--config={GLYPHS}", "--model.init_args.backbone", "mobilenet_v1",
+                           "--model.init_args.width", "null", "--model.init_args.backbone_kwargs", "null"])
+
+
+def test_backbone_shortcut_gives_the_registered_backbone_or_the_width_asked_for():
+    """``--backbone B`` drops the recipe's width (B as registered); ``B@W`` and ``--model.init_args.width W`` set
+    it; a width given twice, an unknown backbone and a bad width are errors."""
+    from mobilevision.cli.train import BackboneChoiceError
+
+    def tail(*argv):
+        return expand_shortcuts(["--task", "classification", *argv])[1][3:]
+
+    assert tail("--backbone", "efficientnet_b0@0.5") == [
+        "--model.init_args.backbone", "efficientnet_b0", "--model.init_args.width", "0.5",
+        "--model.init_args.backbone_kwargs", "null"]
+    assert tail("--model.init_args.width", "0.75", "--backbone", "mobilenet_v2") == [
+        "--model.init_args.width", "0.75", "--model.init_args.backbone", "mobilenet_v2",
+        "--model.init_args.backbone_kwargs", "null"]
+    assert tail("--backbone", "mobileone_s1", "--model.init_args.backbone_kwargs.num_branches=2") == [
+        "--model.init_args.backbone_kwargs.num_branches=2", "--model.init_args.backbone", "mobileone_s1",
+        "--model.init_args.width", "null"]
+    assert tail() == []  # no --backbone: the recipe as written
+    with pytest.raises(BackboneChoiceError, match="both set the width"):
+        tail("--backbone", "mobilenet_v2@0.5", "--model.init_args.width", "0.75")
+    with pytest.raises(BackboneChoiceError, match="unknown backbone 'resnet50'; choose one of: efficientnet, "):
+        tail("--backbone", "resnet50")
+    with pytest.raises(BackboneChoiceError, match="must be a positive number, got 'wide'"):
+        tail("--backbone", "mobilenet_v2@wide")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--backbone", "mobileone_s0@0.5"],
+     "backbone 'mobileone_s0' (MobileOne) has no 'width' knob; its knobs: num_branches, out_indices, se_blocks"),
+    (["--backbone", "mobileone_s2", "--model.init_args.width", "0.5"], "backbone 'mobileone_s2' (MobileOne) has no 'width'"),
+    (["--backbone", "mobilenet_v1", "--model.init_args.backbone_kwargs", "{depth: 2}"],
+     "backbone 'mobilenet_v1' (MobileNetV1) has no 'depth' knob; its knobs: out_indices, width"),
+    (["--model.init_args.backbone", "mobilenet_v3"], "unknown backbone 'mobilenet_v3'"),
+])
+def test_a_knob_the_family_lacks_is_one_line_naming_knob_and_family(argv, message, capsys):
+    """Before any data is read or model built: exit code 2 and ``error: ...``, no jsonargparse Union dump."""
+    from mobilevision.cli import main as mobilevision
+
+    assert mobilevision(["train", "--task", "classification", *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err and "Union" not in err
 
 
 # -- the `mobilevision` command -------------------------------------------------------------------------------
@@ -63,3 +107,61 @@ def test_python_dash_m_mobilevision():
 
     out = subprocess.run([sys.executable, "-m", "mobilevision", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "predict" in out.stdout
+
+
+# -- more than one process from every documented command line ----------------------------------------------
+def _launchers():
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    return {
+        "console_script": [str(Path(sys.executable).parent / "mobilevision"), "train"],
+        "python_dash_m": [sys.executable, "-m", "mobilevision", "train"],
+        "tools_train_py": [sys.executable, str(repo / "tools" / "train.py")],
+    }
+
+
+@pytest.mark.parametrize("launcher", ["console_script", "python_dash_m", "tools_train_py"])
+def test_ddp_from_the_command_line(launcher, tmp_path):
+    """``--trainer.devices 2 --trainer.strategy ddp`` (2 CPU processes, gloo) from each way of starting training:
+    Lightning starts rank 1 with the command line as typed. The run finishes, writes its checkpoint, and the
+    validation metrics it logged (synced over the two processes, 9 images: 5 on one rank, 4 on the other) equal a
+    single-process validation of that checkpoint."""
+    import csv
+    import os
+    import subprocess
+
+    import pytorch_lightning as pl
+    from test_classification_task import make_color_folder
+
+    from mobilevision.data import ClassificationDataModule
+    from mobilevision.tasks import ClassificationTask
+
+    data = make_color_folder(tmp_path / "colors", mislabel_odd_val=True, n_val=3)
+    out = tmp_path / "out"
+    cmd = [*_launchers()[launcher], "--task", "classification", "--backbone", "mobilenet_v1@0.25",
+           "--data.init_args.dataset", "folder", "--data.init_args.root", str(data),
+           "--data.init_args.image_size", "32", "--data.init_args.batch_size", "4",
+           "--data.init_args.augment", "none", "--data.init_args.cache_images", "false",
+           "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2",
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.enable_progress_bar", "false", "--trainer.logger", "CSVLogger",
+           "--trainer.logger.save_dir", str(out), "--checkpoint.dirpath", str(out / "ckpt")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ckpt = out / "ckpt" / "last.ckpt"
+    assert ckpt.is_file()
+    rows = list(csv.DictReader(open(next(out.rglob("metrics.csv")))))
+    logged = {k: float(v) for row in rows for k, v in row.items() if k.startswith("val/") and v}
+    assert set(logged) >= {"val/acc1", "val/acc5", "val/loss"}
+
+    task = ClassificationTask.load_from_checkpoint(ckpt, weights_only=True)
+    dm = ClassificationDataModule(dataset="folder", root=str(data), image_size=32, batch_size=4, num_workers=0,
+                                  augment="none")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    single = trainer.validate(task, datamodule=dm, verbose=False)[0]
+    for key in ("val/acc1", "val/acc5", "val/acc_mean_class", "val/loss"):
+        assert logged[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key

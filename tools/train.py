@@ -6,5 +6,5 @@ import sys
 from mobilevision.cli import main
 
 if __name__ == "__main__":
-    sys.argv.insert(1, "train")
-    raise SystemExit(main())
+    # sys.argv is left as typed: under DDP, Lightning starts the other ranks with it (this script again)
+    raise SystemExit(main(["train", *sys.argv[1:]]))

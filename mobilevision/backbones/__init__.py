@@ -2,11 +2,13 @@
 
 from . import efficientnet, mobilenet_v1, mobilenet_v2, mobileone  # noqa: F401  (registers the families)
 from ._features import Backbone, FeatureInfo
-from ._registry import create_backbone, get_backbone_factory, list_backbones, register_backbone
+from ._registry import (backbone_knobs, check_backbone_kwargs, create_backbone, get_backbone_factory, list_backbones,
+                        register_backbone)
 from .efficientnet import EfficientNet
 from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
 from .mobileone import MobileOne
 
 __all__ = ["Backbone", "EfficientNet", "FeatureInfo", "MobileNetV1", "MobileNetV2", "MobileOne",
-           "create_backbone", "get_backbone_factory", "list_backbones", "register_backbone"]
+           "backbone_knobs", "check_backbone_kwargs", "create_backbone", "get_backbone_factory", "list_backbones",
+           "register_backbone"]

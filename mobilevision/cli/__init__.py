@@ -50,7 +50,6 @@ def _usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mobilevision ARGV``; return the exit code."""
-    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -60,9 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mobilevision: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"{__name__}.{SUBCOMMANDS[name][0]}")
-    if from_command_line:  # LightningCLI (train) reads sys.argv itself
-        sys.argv = [f"mobilevision {name}", *rest]
-        result = module.main()
-    else:
-        result = module.main(rest)
+    # sys.argv stays as the user typed it: Lightning's DDP launcher starts the other ranks with it
+    result = module.main(rest)
     return result if isinstance(result, int) else 0

@@ -1,16 +1,21 @@
 """``mobilevision train``: LightningCLI with task shortcuts.
 
 ``mobilevision train --task ssdlite --backbone mobilenet_v2`` is short for
-``mobilevision train fit --config configs/ssdlite/shapes.yaml --model.init_args.backbone mobilenet_v2``:
-``--task`` picks the LightningModule / data module pair and, unless ``--config`` is given, the task's
-default config (on the embedded dataset); ``--backbone`` sets the model's backbone; the subcommand
-defaults to ``fit``. Everything else is plain LightningCLI (``fit``, ``validate``, ``test``,
-``predict``, ``--ckpt_path``, ``--print_config``, ``--trainer.*``).
+``mobilevision train fit --config configs/ssdlite/shapes.yaml --model.init_args.backbone mobilenet_v2
+--model.init_args.width null --model.init_args.backbone_kwargs null``: ``--task`` picks the LightningModule /
+data module pair and, unless ``--config`` is given, the task's default config (on the embedded dataset);
+``--backbone B`` gives the registered backbone ``B`` as registered (its own width, depth and resolution), with
+the recipe's other settings kept; ``--backbone B@0.5`` (or ``--model.init_args.width 0.5``) asks for a width
+multiplier, an error for a family that has none (MobileOne). Without ``--backbone`` the recipe runs as written.
+The subcommand defaults to ``fit``. Everything else is plain LightningCLI (``fit``, ``validate``, ``test``,
+``predict``, ``--ckpt_path``, ``--print_config``, ``--trainer.*``, ``--trainer.devices 2 --trainer.strategy
+ddp``).
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +25,7 @@ from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.callbacks import LearningRateMonitor, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from ..backbones import check_backbone_kwargs, list_backbones
 from ..data.classification import ClassificationDataModule
 from ..data.detection_datamodule import CocoDetectionDataModule
 from ..data.geolocalization import GeolocalizationDataModule
@@ -93,6 +99,29 @@ class MobileVisionCLI(LightningCLI):
 
     before_fit = before_validate = before_test = before_predict = _checkpoint_loads_safely
 
+    def before_instantiate_classes(self) -> None:
+        """The backbone and its knobs are checked before anything is built (a clear error, not jsonargparse's)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model = config.get("model")
+        init = model.get("init_args") if model is not None else None
+        if init is None or init.get("backbone") is None:
+            return
+        name = init.get("backbone")
+        if name not in list_backbones():
+            raise BackboneChoiceError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
+        knobs = dict(init.get("backbone_kwargs") or {})
+        if init.get("width") is not None:
+            knobs["width"] = init.get("width")
+        try:
+            check_backbone_kwargs(name, knobs)
+        except ValueError as e:
+            raise BackboneChoiceError(str(e)) from None
+
+
+class BackboneChoiceError(ValueError):
+    """``--backbone`` / ``--model.init_args.{backbone,width,backbone_kwargs}`` name no registered backbone or a
+    knob it does not have."""
+
 
 def task_of(argv: list[str]) -> str:
     """The task named by ``--task NAME`` / ``--task=NAME``, else by the model ``class_path`` of the last
@@ -118,8 +147,27 @@ def task_of(argv: list[str]) -> str:
     return "ssdlite"
 
 
+def parse_backbone(spec: str) -> tuple[str, float | None]:
+    """``"mobilenet_v2"`` -> ("mobilenet_v2", None); ``"mobilenet_v2@0.5"`` -> ("mobilenet_v2", 0.5)."""
+    name, at, width = spec.partition("@")
+    if name not in list_backbones():
+        raise BackboneChoiceError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
+    if not at:
+        return name, None
+    try:
+        value = float(width)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise BackboneChoiceError(f"--backbone {spec}: the width after '@' must be a positive number, got {width!r}")
+    return name, value
+
+
 def expand_shortcuts(argv: list[str]) -> tuple[str, list[str]]:
-    """Rewrite ``--task`` / ``--backbone`` shortcuts into plain LightningCLI arguments."""
+    """Rewrite ``--task`` / ``--backbone`` shortcuts into plain LightningCLI arguments.
+
+    ``--backbone B[@W]`` sets the model's backbone and resets the recipe's ``width`` and ``backbone_kwargs`` (to
+    ``W`` and nothing), so that ``B`` is the backbone as registered, unless the command line sets them itself."""
     task = task_of(argv)
     if task not in TASKS:
         raise SystemExit(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
@@ -130,6 +178,8 @@ def expand_shortcuts(argv: list[str]) -> tuple[str, list[str]]:
         if key in ("--task", "--backbone"):
             if not value:
                 i += 1
+                if i == len(argv):
+                    raise SystemExit(f"{key} needs a value")
                 value = argv[i]
             if key == "--backbone":
                 backbone = value
@@ -141,23 +191,37 @@ def expand_shortcuts(argv: list[str]) -> tuple[str, list[str]]:
     default = [] if user_config else ["--config", str(CONFIG_DIR / TASKS[task].default_config)]
     out = [subcommand, *default, *args]
     if backbone:
-        out += ["--model.init_args.backbone", backbone]
+        name, width = parse_backbone(backbone)
+        out += ["--model.init_args.backbone", name]
+        given = {a.partition("=")[0] for a in args}
+        if "--model.init_args.width" not in given:
+            out += ["--model.init_args.width", "null" if width is None else repr(width)]
+        elif width is not None:
+            raise BackboneChoiceError(f"--backbone {backbone} and --model.init_args.width both set the width")
+        if not any(a.startswith("--model.init_args.backbone_kwargs") for a in given):
+            out += ["--model.init_args.backbone_kwargs", "null"]
     return task, out
 
 
-def main(argv: list[str] | None = None) -> MobileVisionCLI:
-    from_command_line = argv is None
+def main(argv: list[str] | None = None) -> MobileVisionCLI | int:
+    """Run ``mobilevision train ARGV``. ``sys.argv`` is never rewritten: under DDP, Lightning starts the other
+    ranks with the command line as typed, and each parses it again."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         print("tasks:", ", ".join(TASKS))
-        return None  # type: ignore[return-value]
-    task, args = expand_shortcuts(argv)
-    if from_command_line:  # LightningCLI reads sys.argv itself
-        sys.argv = [sys.argv[0], *args]
-        return MobileVisionCLI(task)
-    return MobileVisionCLI(task, args=args)
+        print("backbones:", ", ".join(list_backbones()))
+        return 0
+    try:
+        task, args = expand_shortcuts(argv)
+        with warnings.catch_warnings():  # args= is how this command passes its rewritten command line
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended", UserWarning)
+            return MobileVisionCLI(task, args=args, parser_kwargs={"prog": "mobilevision train"})
+    except BackboneChoiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
-    main()
+    result = main()
+    raise SystemExit(result if isinstance(result, int) else 0)

@@ -103,13 +103,8 @@ class SSDLite(nn.Module):
         if width is not None:
             kwargs["width"] = width
         # Read the backbone's taps from a parameter-free build on the meta device, then build it for real.
-        try:
-            with torch.device("meta"):
-                probe = create_backbone(backbone, **kwargs)
-        except TypeError as e:
-            if width is not None and "width" in str(e):
-                raise TypeError(f"backbone {backbone!r} takes no width multiplier; use width=None") from e
-            raise
+        with torch.device("meta"):
+            probe = create_backbone(backbone, **kwargs)
         out_indices = select_ssd_taps(probe.all_feature_info, first_stride)
         del probe
         if extra_depths is None:  # six maps in all
