@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import logging
 import os
 import pickle
@@ -108,25 +110,33 @@ def test_corrupt_image_names_file(tmp_path):
     root = _make_folder(tmp_path)
     bad = tmp_path / "train" / "dog" / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    # a header that cannot be read: an error when the dataset is built (setup), not in a worker mid-epoch
+    with pytest.raises(ImageDecodeError, match=r"train: 1 of 10 images cannot be read:\n.*bad.jpg"):
+        ClassificationDataset.from_folder(root + "/train")
+    with pytest.raises(ImageDecodeError, match="bad.jpg"):
+        ClassificationDataset.from_folder(root + "/train", cache_images=True)
+    # a good header over damaged data: named when decoded
+    good = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 100, np.uint8)).save(good, "PNG")
+    bad.unlink()
+    (tmp_path / "train" / "dog" / "cut.png").write_bytes(good.getvalue()[:60])
     ds = ClassificationDataset.from_folder(root + "/train")
-    index = ds.files.index(str(bad))
-    with pytest.raises(ImageDecodeError, match="bad.jpg"):
-        ds[index]
-    with pytest.raises(ImageDecodeError, match="bad.jpg"):
-        ds.cache_images()
+    with pytest.raises(ImageDecodeError, match="cut.png"):
+        ds[ds.files.index(str(tmp_path / "train" / "dog" / "cut.png"))]
 
 
 def test_non_image_files_skipped_and_counted(tmp_path, caplog):
     root = _make_folder(tmp_path)
     (tmp_path / "train" / "cat" / "notes.txt").write_text("x")
     (tmp_path / "train" / "dog" / ".DS_Store").write_bytes(b"\0\0")
+    (tmp_path / "train" / "dog" / "._0.jpg").write_bytes(b"\0\5\26\7 macOS resource fork")  # hidden: left out
     (tmp_path / "train" / "README.txt").write_text("outside the class folders")
     with caplog.at_level(logging.WARNING, logger="mobilevision.data.classification"):
         ds = ClassificationDataset.from_folder(root + "/train")
     assert len(ds) == 9
-    assert ds.stats["skipped_non_image"] == 3
+    assert ds.stats["skipped_non_image"] == 2
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "skipped 3 non-image" in warnings[0].getMessage()
+    assert len(warnings) == 1 and "skipped 2 non-image" in warnings[0].getMessage()
 
 
 def test_grayscale_rgba_palette(tmp_path):

@@ -92,14 +92,13 @@ def test_missing_columns_missing_and_corrupt_images(tmp_path):
     (tmp_path / "gone.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"1 of 2 image files not found: .*gone.jpg"):
         read_geotagged_list(path)
-    # a corrupt image is named when it is loaded
+    # a corrupt image is named at setup, before training or evaluation starts
     path = write_photos(tmp_path, [("a.jpg", 10.0, 20.0), ("broken.jpg", 1.0, 2.0)], "c.csv")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     dm = GeolocalizationDataModule(dataset="files", train_file=str(path), val_file=str(path), min_per_cell=1,
                                    image_size=16, num_workers=0)
-    dm.setup("validate")
-    with pytest.raises(ImageDecodeError, match="broken.jpg"):
-        dm.val_dataset[1]
+    with pytest.raises(ImageDecodeError, match=r"c.csv: 1 of 2 images cannot be read:\n.*broken.jpg"):
+        dm.setup("validate")
 
 
 def test_skip_mode_counts_every_bad_row(tmp_path, caplog):

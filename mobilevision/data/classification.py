@@ -16,11 +16,12 @@ Input handling (never a silent label shift or a silently wrong sample):
 * image folders ``<split>/<class>/**/<image>``: classes are the sorted sub-folder names of the
   *training* folder; validation folders are labelled with the training class -> index mapping,
   and a validation class missing from training raises ``ValueError`` naming it; a class folder
-  without images raises ``ValueError`` naming it; non-image files (``.txt``, ``.DS_Store``,
-  ``._*`` resource forks, files outside class folders) are skipped, counted in
-  ``dataset.stats["skipped_non_image"]`` and reported in one warning per folder;
-* missing image files of list-based datasets raise ``FileNotFoundError`` naming them when the
-  dataset is built; undecodable images raise ``ImageDecodeError`` naming the file when loaded;
+  without images raises ``ValueError`` naming it; hidden files and folders (``.DS_Store``, ``._*``
+  resource forks) are left out; other non-image files (``.txt``, files outside class folders) are
+  skipped, counted in ``dataset.stats["skipped_non_image"]`` and reported in one warning per folder;
+* missing image files raise ``FileNotFoundError`` and images whose header cannot be read
+  ``ImageDecodeError``, naming them, when the dataset is built; data damaged past the header raises
+  ``ImageDecodeError`` naming the file when it is decoded;
 * grayscale, RGBA, palette, CMYK images are converted to RGB.
 """
 
@@ -44,7 +45,7 @@ from .finegrained import (
 )
 from .glyphs import GLYPH_CLASSES, ensure_glyphs_dataset
 from ._datamodule import SplitDataModule
-from .image_io import IMAGE_EXTENSIONS, is_image_file, load_rgb_image
+from .image_io import IMAGE_EXTENSIONS, check_image_headers, load_rgb_image, walk_image_files
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops
 
 import albumentations as A  # noqa: E402  (imported after .transforms, which disables the update check)
@@ -218,15 +219,9 @@ def scan_image_folder(folder: str | os.PathLike, class_names: Sequence[str] | No
     for c in present:
         class_dir = os.path.join(folder, c)
         n_before = len(files)
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                if is_image_file(name):
-                    files.append(path)
-                    labels.append(index[c])
-                else:
-                    skipped.append(path)
+        found = walk_image_files(class_dir, skipped)
+        files += found
+        labels += [index[c]] * len(found)
         if len(files) == n_before:
             raise ValueError(f"class folder {class_dir} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
     if skipped:
@@ -243,11 +238,8 @@ def _list_images(folder: str) -> SplitSamples:
     """All images under ``folder`` (recursively, sorted) with label -1, for prediction."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files, skipped = [], []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            (files if is_image_file(name) else skipped).append(os.path.join(dirpath, name))
+    skipped: list[str] = []
+    files = walk_image_files(folder, skipped)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
     if skipped:
@@ -280,6 +272,8 @@ class ClassificationDataset(Dataset):
         self._cache: list[np.ndarray] | None = None
         if cache_images:
             self.cache_images()
+        elif self.files is not None:  # a file that cannot be read is an error now, naming it, not mid-epoch
+            check_image_headers(self.files, samples.name)
 
     @classmethod
     def from_folder(

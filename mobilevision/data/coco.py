@@ -46,7 +46,7 @@ import torch
 from pycocotools.coco import COCO
 
 from ..coco_format import read_coco
-from .image_io import ImageDecodeError, check_files_exist, load_rgb_image, read_image_size
+from .image_io import ImageDecodeError, check_files_exist, check_image_headers, load_rgb_image
 
 __all__ = [
     "CocoDetection",
@@ -110,19 +110,6 @@ def _image_path(images_dir: str, file_name: Any, where: str) -> str:
         raise ValueError(f"{where}: file_name {file_name!r} points outside the image folder {images_dir} "
                          "(file names must be relative to it: no absolute paths, no '..')")
     return os.path.join(images_dir, *norm.split("/"))
-
-
-def _read_sizes(files: Sequence[str]) -> list[tuple[int, int] | Exception]:
-    """Header sizes (w, h) of ``files``, read by threads; an exception where a header cannot be read."""
-
-    def size(path: str) -> tuple[int, int] | Exception:
-        try:
-            return read_image_size(path)
-        except OSError as e:
-            return e
-
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(files)))) as pool:
-        return list(pool.map(size, files))
 
 
 def _size_mismatch_message(name: str, bad: list[tuple[str, tuple[int, int], tuple[int, int]]], total: int) -> str:
@@ -207,10 +194,9 @@ class CocoDetection(torch.utils.data.Dataset):
             self._check_images()
         else:
             missing = [i for i, size in enumerate(self._sizes) if size is None]
-            for i, size in zip(missing, _read_sizes([self._files[i] for i in missing])):
-                if isinstance(size, Exception):
-                    raise size
-                self._sizes[i] = (size[1], size[0])
+            where = f"{self._name} (images under {self.images_dir})"
+            for i, (w, h) in zip(missing, check_image_headers([self._files[i] for i in missing], where)):
+                self._sizes[i] = (h, w)
 
         self.stats = {"boxes": 0, "clipped": 0, "dropped_degenerate": 0, "crowd_ignored": 0, "images_without_boxes": 0}
         self._boxes: list[np.ndarray] = []
@@ -263,11 +249,7 @@ class CocoDetection(torch.utils.data.Dataset):
         """Every image exists, has a readable header and the json's size (all problems in one error)."""
         where = f"{self._name} (images under {self.images_dir})"
         check_files_exist(self._files, where)
-        sizes = _read_sizes(self._files)
-        unreadable = [str(s) for s in sizes if isinstance(s, Exception)]
-        if unreadable:
-            raise ImageDecodeError(f"{where}: {len(unreadable)} of {len(sizes)} images cannot be read:\n  "
-                                   + "\n  ".join(unreadable))
+        sizes = check_image_headers(self._files, where)
         bad = []
         for i, (w, h) in enumerate(sizes):
             if self._sizes[i] is None:  # no width/height in the json: the header's

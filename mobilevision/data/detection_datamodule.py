@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from ..coco_format import read_coco
 from .coco import CocoDetection, training_categories
 from ._datamodule import SplitDataModule
-from .image_io import IMAGE_EXTENSIONS, load_rgb_image
+from .image_io import IMAGE_EXTENSIONS, load_rgb_image, walk_image_files
 from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_paths
 from .transforms import AUGMENT_POLICIES, DetectionTransform, eval_transforms, train_transforms
 
@@ -26,15 +26,15 @@ def detection_collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple
 
 
 class ImageFolderDataset(Dataset):
-    """Images of a folder (sorted by name) for prediction; targets carry ``file_name`` and no boxes."""
+    """Images under a folder (recursively, sorted, hidden files and folders left out:
+    :func:`~mobilevision.data.image_io.walk_image_files`) for prediction; targets carry ``file_name`` (the path
+    relative to the folder) and no boxes."""
 
     def __init__(self, folder: str | os.PathLike, transforms: DetectionTransform | None = None) -> None:
         self.folder = os.fspath(folder)
         if not os.path.isdir(self.folder):
             raise FileNotFoundError(f"image folder not found: {self.folder}")
-        self.files = sorted(
-            e.name for e in os.scandir(self.folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        self.files = [os.path.relpath(p, self.folder) for p in walk_image_files(self.folder)]
         if not self.files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {self.folder}")
         self.transforms = transforms

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from ..geo.cells import CellPartition, build_partition
 from ._datamodule import SplitDataModule
 from .classification import CLASSIFICATION_AUGMENTS, classification_eval_transforms, classification_train_transforms
-from .image_io import ImageDecodeError, check_files_exist, load_rgb_image, missing_files
+from .image_io import ImageDecodeError, check_files_exist, check_image_headers, load_rgb_image, missing_files
 
 __all__ = [
     "GEO_DATASETS",
@@ -210,6 +210,8 @@ class GeoImageDataset(Dataset):
         if cache_images:
             with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
                 self._cache = list(pool.map(load_rgb_image, samples.files))
+        else:  # a file that cannot be read is an error now, naming it, not in a worker mid-epoch
+            check_image_headers(samples.files, samples.source)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -8,23 +8,56 @@ keep their high byte (``>> 8``, what Pillow itself does with 16-bit RGB PNGs, so
 agree), float ones must lie in [0, 1] (``* 255``); any other float or 32-bit integer image is refused
 with an ``ImageDecodeError`` naming the file.
 
-``read_image_size`` gives the displayed size (EXIF orientation applied) from the file header alone.
+``read_image_size`` gives the displayed size (EXIF orientation applied) from the file header alone; a PNG's
+``eXIf`` chunk counts wherever it lies (found by skipping over the chunks, not by decoding), so the header and the
+decoded image always agree. :func:`check_image_headers` reads every header of a file list up front (threads), so
+that a file that cannot be read is an error naming it before training starts, not in a worker mid-epoch.
+
+Phone formats: HEIC / HEIF (iPhone) through pillow-heif, AVIF and WebP through Pillow itself. pillow-heif applies
+the EXIF orientation while decoding (and reports orientation 1), Pillow's AVIF / JPEG / PNG / WebP readers leave it
+to :func:`load_rgb_image`; both give the displayed image.
+
+Pillow refuses images of more than ``Image.MAX_IMAGE_PIXELS`` (about 179 megapixels) as decompression bombs; set
+``MOBILEVISION_MAX_IMAGE_PIXELS`` (a number, or ``none`` for no limit) to read larger ones.
+
+:func:`walk_image_files` is the one folder walker of the project: recursive, sorted, hidden files and folders
+(``.git``, macOS ``._x.jpg``) left out.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_EXTENSIONS", "TRANSPOSING_ORIENTATIONS", "ImageDecodeError", "check_files_exist", "is_image_file",
-           "load_rgb_image", "missing_files", "read_image_header", "read_image_size", "save_index_mask",
-           "voc_colormap"]
+pillow_heif.register_heif_opener()  # .heic / .heif; Pillow reads .avif itself
+
+
+def _max_image_pixels() -> int | None:
+    value = os.environ.get("MOBILEVISION_MAX_IMAGE_PIXELS")
+    if value is None:
+        return Image.MAX_IMAGE_PIXELS
+    if value.strip().lower() in ("none", "0", ""):
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        raise ValueError(f"MOBILEVISION_MAX_IMAGE_PIXELS must be a number of pixels or 'none', got {value!r}") from None
+
+
+Image.MAX_IMAGE_PIXELS = _max_image_pixels()
+
+__all__ = ["IMAGE_EXTENSIONS", "TRANSPOSING_ORIENTATIONS", "ImageDecodeError", "check_files_exist",
+           "check_image_headers", "is_hidden", "is_image_file", "load_rgb_image", "missing_files", "read_image_header",
+           "read_image_size", "save_index_mask", "voc_colormap", "walk_files", "walk_image_files"]
 
 #: File extensions treated as images (lower case).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif")
 
 _EXIF_ORIENTATION = 0x0112
 #: EXIF orientations 5-8 swap width and height.
@@ -35,9 +68,35 @@ class ImageDecodeError(OSError):
     """An image file exists but cannot be decoded."""
 
 
+def is_hidden(name: str) -> bool:
+    """A hidden file or folder name (``.git``, ``.DS_Store``, macOS ``._x.jpg``); not ``.`` / ``..``."""
+    return name.startswith(".") and name not in (".", "..")
+
+
 def is_image_file(name: str) -> bool:
     """True for a non-hidden file name with an image extension (``IMAGE_EXTENSIONS``)."""
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+    return not is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def walk_files(folder: str | os.PathLike, keep: Callable[[str], bool] = is_image_file,
+               skipped: list[str] | None = None) -> Iterator[str]:
+    """Paths of the files under ``folder`` whose name ``keep`` accepts: recursive (following links), sorted,
+    hidden files and folders left out. Other files are appended to ``skipped`` when it is given."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        for name in sorted(filenames):
+            if is_hidden(name):
+                continue
+            path = os.path.join(dirpath, name)
+            if keep(name):
+                yield path
+            elif skipped is not None:
+                skipped.append(path)
+
+
+def walk_image_files(folder: str | os.PathLike, skipped: list[str] | None = None) -> list[str]:
+    """The image files under ``folder`` (:func:`walk_files` with :func:`is_image_file`)."""
+    return list(walk_files(folder, is_image_file, skipped))
 
 
 def _high_depth_to_uint8(img: Image.Image, path: str) -> np.ndarray | None:
@@ -92,8 +151,29 @@ def load_rgb_image(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
+def _png_exif_orientation(path: str) -> int | None:
+    """The orientation of a PNG's ``eXIf`` chunk wherever it lies (Pillow's decoder finds one after the image
+    data too), read by skipping from chunk to chunk without decompressing; None when the file has none."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"eXIf":
+                exif = Image.Exif()
+                exif.load(f.read(length))
+                return int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+            if kind == b"IEND":
+                return None
+            f.seek(length + 4, os.SEEK_CUR)  # data + CRC
+
+
 def read_image_header(path: str | os.PathLike) -> tuple[tuple[int, int], int]:
-    """((width, height) as stored, EXIF orientation (1 when none)) from the file header only.
+    """((width, height) as stored, EXIF orientation (1 when none)) from the file header only (for a PNG, the
+    chunk list as well: an ``eXIf`` chunk after the image data counts, as it does when decoding).
 
     Raises ``FileNotFoundError`` / ``ImageDecodeError`` naming the file.
     """
@@ -101,7 +181,10 @@ def read_image_header(path: str | os.PathLike) -> tuple[tuple[int, int], int]:
     try:
         with Image.open(path) as img:
             # Image.getexif, not the PNG override, which decodes the whole file to look for a late eXIf chunk.
-            return img.size, int(Image.Image.getexif(img).get(_EXIF_ORIENTATION, 1) or 1)
+            orientation = int(Image.Image.getexif(img).get(_EXIF_ORIENTATION, 1) or 1)
+            if img.format == "PNG" and "exif" not in img.info:
+                orientation = _png_exif_orientation(path) or orientation
+            return img.size, orientation
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -115,6 +198,29 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     """
     (w, h), orientation = read_image_header(path)
     return (h, w) if orientation in TRANSPOSING_ORIENTATIONS else (w, h)
+
+
+def check_image_headers(files: Sequence[str], what: str) -> list[tuple[int, int]]:
+    """Displayed sizes (width, height) of ``files``, read by threads from their headers; raises one
+    ``ImageDecodeError`` naming every file whose header cannot be read (``what`` says where they come from), and
+    ``FileNotFoundError`` for missing files. A file whose header reads but whose data is damaged is still an
+    ``ImageDecodeError`` naming it when it is decoded."""
+
+    def size(path: str) -> tuple[int, int] | str:
+        try:
+            return read_image_size(path)
+        except FileNotFoundError:
+            return f"{path}: file not found"
+        except OSError as e:
+            return str(e)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(files)))) as pool:
+        sizes = list(pool.map(size, files))
+    bad = [s for s in sizes if isinstance(s, str)]
+    if bad:
+        shown = "\n  ".join(bad[:20]) + (f"\n  (and {len(bad) - 20} more)" if len(bad) > 20 else "")
+        raise ImageDecodeError(f"{what}: {len(bad)} of {len(files)} images cannot be read:\n  {shown}")
+    return sizes  # type: ignore[return-value]
 
 
 def missing_files(files: Sequence[str]) -> list[str]:

@@ -47,7 +47,8 @@ from torch.utils.data import Dataset
 
 from ..evaluation.segmentation import IGNORE_INDEX, MASK_EXTENSIONS, read_index_mask
 from ._datamodule import SplitDataModule
-from .image_io import TRANSPOSING_ORIENTATIONS, is_image_file, load_rgb_image, missing_files, read_image_header
+from .image_io import (TRANSPOSING_ORIENTATIONS, is_image_file, load_rgb_image, missing_files, read_image_header,
+                       walk_files)
 from .shapes import SHAPES_SEGMENTATION_CLASSES, ensure_shapes_dataset, shapes_paths
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops
 
@@ -312,17 +313,12 @@ def check_samples(samples: SegmentationSamples, num_classes: int, skip_bad: bool
 def _walk(folder: str, keep: Any) -> dict[str, str]:
     """``relative stem -> path`` of the files under ``folder`` for which ``keep(name)``; hidden entries skipped."""
     found: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or not keep(name):
-                continue
-            path = os.path.join(dirpath, name)
-            stem = Path(os.path.relpath(path, folder)).with_suffix("").as_posix()
-            if stem in found:
-                raise ValueError(f"{folder}: two files named {stem!r} ({found[stem]}, {path}): cannot tell which "
-                                 "one a mask belongs to")
-            found[stem] = path
+    for path in walk_files(folder, keep):
+        stem = Path(os.path.relpath(path, folder)).with_suffix("").as_posix()
+        if stem in found:
+            raise ValueError(f"{folder}: two files named {stem!r} ({found[stem]}, {path}): cannot tell which "
+                             "one a mask belongs to")
+        found[stem] = path
     return found
 
 

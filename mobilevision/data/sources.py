@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .image_io import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file, load_rgb_image
+from .image_io import IMAGE_EXTENSIONS, ImageDecodeError, is_hidden, is_image_file, load_rgb_image, walk_files
 
 __all__ = ["VIDEO_EXTENSIONS", "SourceFile", "SourceItem", "VideoInfo", "is_video_file", "iter_frames",
            "iter_sources", "probe_video", "resolve_sources"]
@@ -65,17 +65,10 @@ class VideoInfo:
     height: int
 
 
-def _hidden(part: str) -> bool:
-    return part.startswith(".") and part not in (".", "..")
-
-
 def _walk(folder: Path) -> Iterator[Path]:
     """Image and video files under ``folder``, recursively, sorted, hidden files and folders left out."""
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not _hidden(d))
-        for f in sorted(files):
-            if is_image_file(f) or (is_video_file(f) and not _hidden(f)):
-                yield Path(root) / f
+    for path in walk_files(folder, lambda name: is_image_file(name) or is_video_file(name)):
+        yield Path(path)
 
 
 def _glob_base(pattern: str) -> Path:
@@ -126,7 +119,7 @@ def resolve_sources(sources: Sequence[str | os.PathLike],
             for m in map(Path, matches):
                 if m.is_dir():
                     found += [_found(p, base) for p in _walk(m)]
-                elif is_image_file(m.name) or (is_video_file(m.name) and not _hidden(m.name)):
+                elif is_image_file(m.name) or (is_video_file(m.name) and not is_hidden(m.name)):
                     found.append(_found(m, base))
         else:
             raise FileNotFoundError(f"--source {text!r} does not exist")
