@@ -25,7 +25,8 @@ demo: install
 	$(VENV)/bin/mobilevision eval coco --checkpoint outputs/demo/checkpoints/last.ckpt \
 	    --json-out outputs/demo/metrics.json --draw outputs/demo/predictions.png
 	$(VENV)/bin/mobilevision export --checkpoint outputs/demo/checkpoints/last.ckpt --output outputs/demo/shapes.onnx
-	$(VENV)/bin/mobilevision predict --model outputs/demo/shapes.onnx --source "datasets/shapes/data/val/00000?.jpg" \
+	$(VENV)/bin/mobilevision predict --model outputs/demo/shapes.onnx \
+	    --source "$$($(PY) -c 'from mobilevision.data import embedded_root; print(embedded_root("shapes"))')/val/00000?.jpg" \
 	    --output outputs/demo/predict
 
 test: install

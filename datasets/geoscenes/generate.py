@@ -31,7 +31,8 @@ def write_preview(root: Path, out: str, count: int = 32, per_row: int = 8) -> No
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parent / "data"), help="output folder")
+    parser.add_argument("--root", default=None,
+                        help="output folder (default: the embedded dataset's folder, see mobilevision.data.data_home)")
     parser.add_argument("--num-train", type=int, default=4000)
     parser.add_argument("--num-val", type=int, default=800)
     parser.add_argument("--image-size", type=int, default=96)

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -32,7 +31,8 @@ def write_preview(val_dir: str, out: str, per_class: int = 8) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parent / "data"), help="output folder")
+    parser.add_argument("--root", default=None,
+                        help="output folder (default: the embedded dataset's folder, see mobilevision.data.data_home)")
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--val-per-class", type=int, default=30)
     parser.add_argument("--image-size", type=int, default=128)

@@ -11,14 +11,14 @@ import argparse
 import json
 import logging
 import time
-from pathlib import Path
 
 from mobilevision.data.shapes import ensure_shapes_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parent / "data"), help="output folder")
+    parser.add_argument("--root", default=None,
+                        help="output folder (default: the embedded dataset's folder, see mobilevision.data.data_home)")
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=192)

@@ -473,7 +473,8 @@ def write_config(pick: Candidate, task: str, path: Path, header: Sequence[str]) 
 
     base = CONFIG_DIR / TRAIN_TASKS[task].default_config
     if not base.is_file():
-        raise FileNotFoundError(f"the default {task} config {base} is missing (configs/ comes with the repository)")
+        raise FileNotFoundError(f"the default {task} config {base} is missing (mobilevision/configs/ comes with the "
+                                "package: reinstall it)")
     config = yaml.safe_load(base.read_text())
     model = config["model"].setdefault("init_args", {})
     model["backbone"] = pick.point.backbone
@@ -488,7 +489,7 @@ def write_config(pick: Candidate, task: str, path: Path, header: Sequence[str]) 
                                                                 style='"' if ":" in s else None))
     text = yaml.dump(config, Dumper=Dumper, sort_keys=False)
     lines = [f"# {h}" for h in header]
-    lines += [f"# The rest is the task's default recipe ({base.relative_to(CONFIG_DIR.parent)}, on the embedded "
+    lines += [f"# The rest is the task's default recipe (configs/{base.relative_to(CONFIG_DIR).as_posix()}, on the embedded "
               "dataset; its optimizer",
               "# settings were tuned for its own backbone). For your data, change the data section (see configs/), "
               "and start from",

@@ -34,7 +34,9 @@ from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask, Segm
 from ..tasks._progress import TrainingProgressBar
 from ..tasks.checkpoint import TrainingCheckpoint
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: The recipes, shipped inside the package (``mobilevision/configs``): ``--config configs/ssdlite/shapes.yaml``
+#: finds them from any folder and from an installed wheel (see :func:`resolve_config`).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -123,6 +125,19 @@ class BackboneChoiceError(ValueError):
     knob it does not have."""
 
 
+def resolve_config(path: str) -> str:
+    """``path`` when that file exists; else the shipped recipe it names (``configs/ssdlite/shapes.yaml`` or
+    ``ssdlite/shapes.yaml`` -> ``CONFIG_DIR/ssdlite/shapes.yaml``); else ``path`` unchanged (LightningCLI then
+    says it is missing)."""
+    if not path or Path(path).is_file():
+        return path
+    rel = Path(path).as_posix()
+    for candidate in (rel, rel[len("configs/"):] if rel.startswith("configs/") else None):
+        if candidate and not Path(candidate).is_absolute() and (CONFIG_DIR / candidate).is_file():
+            return str(CONFIG_DIR / candidate)
+    return path
+
+
 def task_of(argv: list[str]) -> str:
     """The task named by ``--task NAME`` / ``--task=NAME``, else by the model ``class_path`` of the last
     ``--config PATH`` / ``--config=PATH`` file that has one (later configs override earlier ones), else
@@ -135,7 +150,7 @@ def task_of(argv: list[str]) -> str:
         if key == "--task" and task is None:
             task = value
         elif key == "--config":
-            configs.append(Path(value))
+            configs.append(Path(resolve_config(value)))
     if task:
         return task
     for config in reversed(configs):
@@ -174,8 +189,16 @@ def expand_shortcuts(argv: list[str]) -> tuple[str, list[str]]:
     args, backbone, i = [], None, 0
     while i < len(argv):
         arg = argv[i]
-        key, _, value = arg.partition("=")
-        if key in ("--task", "--backbone"):
+        key, eq, value = arg.partition("=")
+        if key == "--config":  # a shipped recipe is found from any folder
+            if eq:
+                args.append(f"--config={resolve_config(value)}")
+            else:
+                args.append(arg)
+                if i + 1 < len(argv):
+                    i += 1
+                    args.append(resolve_config(argv[i]))
+        elif key in ("--task", "--backbone"):
             if not value:
                 i += 1
                 if i == len(argv):

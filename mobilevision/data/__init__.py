@@ -31,6 +31,7 @@ from .transforms import (
     train_transforms,
 )
 from .image_io import IMAGE_EXTENSIONS, is_image_file
+from ._generated import data_home, embedded_root
 from .glyphs import GLYPH_CLASSES, GLYPH_TRAITS, ensure_glyphs_dataset, glyphs_paths, render_glyph_image
 from .finegrained import BENCHMARK_DATASETS, BENCHMARK_NUM_CLASSES, SplitSamples, load_benchmark_split
 from .classification import (
@@ -74,7 +75,9 @@ __all__ = [
     "ImageSizeMismatchError",
     "SSDRandomIoUCrop",
     "ZoomOut",
+    "data_home",
     "detection_collate",
+    "embedded_root",
     "ensure_shapes_dataset",
     "eval_transforms",
     "load_coco",

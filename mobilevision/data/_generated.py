@@ -1,4 +1,10 @@
-"""Shared machinery of the embedded, generated datasets (shapes, glyphs): build once, atomically."""
+"""Shared machinery of the embedded, generated datasets (shapes, glyphs, geoscenes): where they live, and building
+them once, atomically.
+
+They are generated on first use under :func:`data_home`: ``$MOBILEVISION_DATA`` when set, else
+``$XDG_CACHE_HOME/mobilevision/datasets`` (``~/.cache/mobilevision/datasets``), one folder per dataset; never in
+the current folder, so every command works the same from any directory and from an installed wheel.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,21 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 logger = logging.getLogger(__name__)
+
+
+def data_home() -> Path:
+    """Folder of the embedded datasets: ``$MOBILEVISION_DATA``, else ``$XDG_CACHE_HOME/mobilevision/datasets``
+    (``~/.cache/mobilevision/datasets`` when ``XDG_CACHE_HOME`` is not set)."""
+    home = os.environ.get("MOBILEVISION_DATA")
+    if home:
+        return Path(home).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "mobilevision" / "datasets"
+
+
+def embedded_root(name: str, root: str | os.PathLike | None = None) -> str:
+    """``root`` when given, else the folder of the embedded dataset ``name`` under :func:`data_home`."""
+    return os.fspath(root) if root is not None else str(data_home() / name)
 
 
 def manifest_matches(manifest: Path, params: dict[str, Any]) -> bool:

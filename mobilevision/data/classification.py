@@ -45,6 +45,7 @@ from .finegrained import (
 )
 from .glyphs import GLYPH_CLASSES, ensure_glyphs_dataset
 from ._datamodule import SplitDataModule
+from ._generated import embedded_root
 from .image_io import IMAGE_EXTENSIONS, check_image_headers, load_rgb_image, walk_image_files
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops
 
@@ -66,7 +67,6 @@ logger = logging.getLogger(__name__)
 
 CLASSIFICATION_DATASETS = ("glyphs", "folder", *BENCHMARK_DATASETS)
 CLASSIFICATION_AUGMENTS = ("none", "standard", "randaugment")
-GLYPHS_DEFAULT_ROOT = "datasets/glyphs/data"
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +331,7 @@ class ClassificationDataModule(SplitDataModule):
     """Image classification data (defaults to the embedded glyphs dataset).
 
     Args:
-        dataset: ``"glyphs"`` (embedded, generated under ``root`` - default ``datasets/glyphs/data`` -
+        dataset: ``"glyphs"`` (embedded, generated under ``root`` - default the ``glyphs`` folder of :func:`~mobilevision.data.data_home` -
             by ``prepare_data()`` on first use), ``"folder"`` (``root/train/<class>/*`` and
             ``root/val/<class>/*``) or a benchmark in its published layout under ``root``:
             ``"stanford_dogs"``, ``"cub200"``, ``"flowers102"``, ``"fgvc_aircraft"``,
@@ -388,7 +388,7 @@ class ClassificationDataModule(SplitDataModule):
         if root is None and dataset not in ("glyphs",):
             raise ValueError(f"dataset {dataset!r} needs root= (the folder holding the data)")
         self.dataset = dataset
-        self.root = str(root) if root is not None else GLYPHS_DEFAULT_ROOT
+        self.root = embedded_root("glyphs", root) if dataset == "glyphs" else str(root)
         self.image_size = _check_size(image_size)
         self.resize_ratio = float(resize_ratio)
         self.batch_size = int(batch_size)

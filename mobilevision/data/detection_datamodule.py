@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from ..coco_format import read_coco
 from .coco import CocoDetection, training_categories
 from ._datamodule import SplitDataModule
+from ._generated import embedded_root
 from .image_io import IMAGE_EXTENSIONS, load_rgb_image, walk_image_files
 from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_paths
 from .transforms import AUGMENT_POLICIES, DetectionTransform, eval_transforms, train_transforms
@@ -113,7 +114,7 @@ class CocoDetectionDataModule(SplitDataModule):
         zoom_out_max: float = 2.0,
         predict_images: str | None = None,
         pin_memory: bool = False,
-        shapes_root: str = "datasets/shapes/data",
+        shapes_root: str | None = None,
         shapes_num_train: int = 2000,
         shapes_num_val: int = 200,
         shapes_image_size: int = 192,
@@ -148,7 +149,7 @@ class CocoDetectionDataModule(SplitDataModule):
         self.zoom_out_max = float(zoom_out_max)
         self.predict_images = predict_images
         self.pin_memory = bool(pin_memory)
-        self.shapes_root = str(shapes_root)
+        self.shapes_root = embedded_root("shapes", shapes_root)
         self.shapes_kwargs = {
             "num_train": int(shapes_num_train),
             "num_val": int(shapes_num_val),

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 
 from ..geo.cells import CellPartition, build_partition
 from ._datamodule import SplitDataModule
+from ._generated import embedded_root
 from .classification import CLASSIFICATION_AUGMENTS, classification_eval_transforms, classification_train_transforms
 from .image_io import ImageDecodeError, check_files_exist, check_image_headers, load_rgb_image, missing_files
 
@@ -53,7 +54,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GEO_DATASETS = ("geoscenes", "files")
-GEOSCENES_DEFAULT_ROOT = "datasets/geoscenes/data"
 BadRows = Literal["error", "skip"]
 REQUIRED_COLUMNS = ("image_path", "latitude", "longitude")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -232,7 +232,7 @@ class GeolocalizationDataModule(SplitDataModule):
 
     Args:
         dataset: ``"geoscenes"`` (embedded: procedurally generated scenes at real city coordinates, made under
-            ``root`` - default ``datasets/geoscenes/data`` - on first use, see :mod:`mobilevision.data.geoscenes`)
+            ``root`` - default the ``geoscenes`` folder of :func:`~mobilevision.data.data_home` - on first use, see :mod:`mobilevision.data.geoscenes`)
             or ``"files"`` (your own lists: ``train_file`` / ``val_file``).
         root: geoscenes folder; for ``"files"``, the default image root.
         train_file, val_file: CSV / JSONL lists (``image_path, latitude, longitude``).
@@ -293,7 +293,7 @@ class GeolocalizationDataModule(SplitDataModule):
                              "image_path, latitude, longitude)")
         self.dataset = dataset
         if dataset == "geoscenes":
-            self.root = str(root) if root is not None else GEOSCENES_DEFAULT_ROOT
+            self.root = embedded_root("geoscenes", root)
             self.train_file = os.path.join(self.root, "train.csv")
             self.val_file = os.path.join(self.root, "val.csv")
             self.image_root = image_root if image_root is not None else self.root

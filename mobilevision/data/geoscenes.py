@@ -67,7 +67,7 @@ from PIL import Image, ImageDraw
 from ..geo.cities import load_cities
 from ..geo.distance import EARTH_RADIUS_KM
 from . import shapes as _shapes
-from ._generated import build_generated_dataset, folder_holds, manifest_matches
+from ._generated import build_generated_dataset, embedded_root, folder_holds, manifest_matches
 
 __all__ = [
     "GEOSCENES_GENERATOR_VERSION",
@@ -455,9 +455,9 @@ def _render_to_file(args: tuple[str, str, int, int, int, int]) -> tuple[float, f
     return lat_r, lon_r
 
 
-def geoscenes_paths(root: str | Path = "datasets/geoscenes/data") -> dict[str, str]:
+def geoscenes_paths(root: str | Path | None = None) -> dict[str, str]:
     """Paths of the geoscenes dataset under ``root`` (whether or not it exists yet)."""
-    root = Path(root)
+    root = Path(embedded_root("geoscenes", root))
     return {
         "root": str(root),
         "train_images": str(root / "images" / "train"),
@@ -490,7 +490,7 @@ def _is_complete(root: Path, params: dict[str, Any]) -> bool:
 
 
 def ensure_geoscenes_dataset(
-    root: str | Path = "datasets/geoscenes/data",
+    root: str | Path | None = None,
     num_train: int = 4000,
     num_val: int = 800,
     image_size: int = 96,
@@ -510,7 +510,7 @@ def ensure_geoscenes_dataset(
     Returns:
         ``root`` as a Path.
     """
-    root = Path(root)
+    root = Path(embedded_root("geoscenes", root))
     if num_train < 1 or num_val < 1:
         raise ValueError(f"need at least one image per split, got num_train={num_train}, num_val={num_val}")
     params = _params(num_train, num_val, image_size, seed, jpeg_quality)

@@ -50,7 +50,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import shapes as _shapes
-from ._generated import build_generated_dataset, folder_holds, manifest_matches
+from ._generated import build_generated_dataset, embedded_root, folder_holds, manifest_matches
 
 __all__ = [
     "GLYPH_CLASSES",
@@ -306,9 +306,9 @@ def _render_to_file(args: tuple[str, str, int, int, int, int, int]) -> None:
     )
 
 
-def glyphs_paths(root: str | Path = "datasets/glyphs/data") -> dict[str, str]:
+def glyphs_paths(root: str | Path | None = None) -> dict[str, str]:
     """Paths of the glyphs dataset under ``root`` (whether or not it exists yet)."""
-    root = Path(root)
+    root = Path(embedded_root("glyphs", root))
     return {
         "root": str(root),
         "train": str(root / "train"),
@@ -340,7 +340,7 @@ def _is_complete(root: Path, params: dict[str, Any]) -> bool:
 
 
 def ensure_glyphs_dataset(
-    root: str | Path = "datasets/glyphs/data",
+    root: str | Path | None = None,
     num_train_per_class: int = 100,
     num_val_per_class: int = 30,
     image_size: int = 128,
@@ -360,7 +360,7 @@ def ensure_glyphs_dataset(
     Returns:
         dict with ``root``, ``train``, ``val`` and ``manifest`` paths (strings).
     """
-    root = Path(root)
+    root = Path(embedded_root("glyphs", root))
     if num_train_per_class < 1 or num_val_per_class < 1:
         raise ValueError(
             f"need at least one image per class and split, got num_train_per_class={num_train_per_class}, "

@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 
 from ..evaluation.segmentation import IGNORE_INDEX, MASK_EXTENSIONS, read_index_mask
 from ._datamodule import SplitDataModule
+from ._generated import embedded_root
 from .image_io import (TRANSPOSING_ORIENTATIONS, is_image_file, load_rgb_image, missing_files, read_image_header,
                        walk_files)
 from .shapes import SHAPES_SEGMENTATION_CLASSES, ensure_shapes_dataset, shapes_paths
@@ -779,7 +780,7 @@ class SegmentationDataModule(SplitDataModule):
         binary_masks: bool = False,
         cache_images: bool = False,
         predict_images: str | None = None,
-        shapes_root: str = "datasets/shapes/data",
+        shapes_root: str | None = None,
         shapes_num_train: int = 2000,
         shapes_num_val: int = 200,
         shapes_image_size: int = 192,
@@ -820,7 +821,7 @@ class SegmentationDataModule(SplitDataModule):
             raise ValueError("binary_masks is for dataset='folder' (masks of 0 and 255)")
         self.binary_masks = bool(binary_masks)
         self.predict_images = predict_images
-        self.shapes_root = str(shapes_root)
+        self.shapes_root = embedded_root("shapes", shapes_root)
         self.shapes_kwargs = {"num_train": int(shapes_num_train), "num_val": int(shapes_num_val),
                               "image_size": int(shapes_image_size), "seed": int(shapes_seed)}
         self.train_dataset: SegmentationDataset | None = None

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ._generated import build_generated_dataset, folder_holds, manifest_matches
+from ._generated import build_generated_dataset, embedded_root, folder_holds, manifest_matches
 from .image_io import save_index_mask
 
 __all__ = [
@@ -426,9 +426,9 @@ def _default_workers(num_images: int) -> int:
     return max(1, min(cpus, 8))
 
 
-def shapes_paths(root: str | Path = "datasets/shapes/data") -> dict[str, str]:
+def shapes_paths(root: str | Path | None = None) -> dict[str, str]:
     """Paths of the shapes dataset under ``root`` (whether or not it exists yet)."""
-    root = Path(root)
+    root = Path(embedded_root("shapes", root))
     return {
         "root": str(root),
         "train_images": str(root / "train"),
@@ -464,7 +464,7 @@ def _is_complete(root: Path, params: dict[str, Any]) -> bool:
 
 
 def ensure_shapes_dataset(
-    root: str | Path = "datasets/shapes/data",
+    root: str | Path | None = None,
     num_train: int = 2000,
     num_val: int = 200,
     image_size: int = 192,
@@ -485,7 +485,7 @@ def ensure_shapes_dataset(
         dict with ``root``, ``train_images``, ``train_annotations``, ``train_masks``, ``val_images``,
         ``val_annotations``, ``val_masks`` and ``manifest`` paths (strings).
     """
-    root = Path(root)
+    root = Path(embedded_root("shapes", root))
     params = _params(num_train, num_val, image_size, seed, jpeg_quality)
 
     def render(tmp: Path) -> None:
