@@ -441,7 +441,7 @@ def test_ssdlite_train_eval_outputs_and_options():
     dets = model.predict(x)
     assert len(dets) == 2 and all(d["boxes"].shape[1] == 4 and d["boxes"].shape[0] <= 100 for d in dets)
     assert "SSDLite" in mobilevision.models.__all__
-    with pytest.raises(TypeError, match="width"):
+    with pytest.raises(ValueError, match="backbone .mobileone_s0. \\(MobileOne\\) has no .width. knob"):
         SSDLite("mobileone_s0", width=0.5)
     with pytest.raises(ValueError, match="out_indices"):
         SSDLite("mobilenet_v2", backbone_kwargs={"out_indices": (0, 1)})

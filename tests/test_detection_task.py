@@ -164,6 +164,33 @@ def test_resume_from_checkpoint_loads_weights_only(tiny_shapes, tmp_path):
     assert resumed.trainer.global_step == 8 and resumed.trainer.current_epoch == 2
 
 
+def test_validate_with_dataloaders_and_no_data_module(trained, tiny_shapes):
+    """``trainer.validate(task, dataloaders=...)``: the COCO ground truth comes from the loader's dataset; the same
+    mAP as through the data module."""
+    from torch.utils.data import DataLoader
+
+    from mobilevision.data import CocoDetection, detection_collate, eval_transforms
+
+    task = trained[0] if isinstance(trained, tuple) else trained
+    dm = CocoDetectionDataModule(**{k: tiny_shapes[k] for k in ("train_images", "train_annotations", "val_images",
+                                                                "val_annotations")},
+                                 image_size=96, batch_size=2, num_workers=0)
+    def trainer():  # a fresh one each time: a Trainer keeps the data module of its last call
+        return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False)
+
+    ref = trainer().validate(task, datamodule=dm, verbose=False)[0]
+    dataset = CocoDetection(tiny_shapes["val_images"], tiny_shapes["val_annotations"],
+                            transforms=eval_transforms(96))
+    loader = DataLoader(dataset, batch_size=2, collate_fn=detection_collate)
+    got = trainer().validate(task, dataloaders=loader, verbose=False)[0]
+    assert ref["val/map_50"] > 0, "vacuous comparison"
+    assert got["val/map"] == pytest.approx(ref["val/map"]) and got["val/map_50"] == pytest.approx(ref["val/map_50"])
+    with pytest.raises(ValueError, match="COCO ground truth"):
+        trainer().validate(task, dataloaders=DataLoader(torch.utils.data.TensorDataset(torch.zeros(2, 3, 96, 96))),
+                           verbose=False)
+
+
 def test_predict_maps_labels_back_to_category_ids(trained):
     task, dm, _ = trained
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)

@@ -291,6 +291,70 @@ def test_segmentation_masks_overlays_and_video(sources, tmp_path):
     cap.release()
 
 
+def test_predictions_take_the_ids_of_the_users_ground_truth(det_runs, models, sources, tmp_path, capsys):
+    """``--annotations GT.json``: image ids from the user's file (by file name; a base name when unique), category
+    ids by name (the file's ids differ from training's), so that ``eval coco`` scores the predictions."""
+    src, _ = sources
+    plain = [r for r in json.loads((det_runs["ckpt"][0] / "predictions.json").read_text()) if "frame" not in r]
+    names = IMAGES + ["broken.jpg"]
+    gt_ids = {n: 100 - 7 * k for k, n in enumerate(names)}  # unrelated to the source order
+    gt_cats = {"car": 30, "cat": 10, "dog, big": 20}
+    size = {**SIZES, "broken.jpg": (10, 10)}
+    gt = {"images": [{"id": gt_ids[n], "file_name": ("export/" + n.rsplit("/", 1)[-1]) if n == "sub/rot.jpg" else n,
+                      "width": size[n][0], "height": size[n][1]} for n in names],
+          "categories": [{"id": i, "name": n} for n, i in gt_cats.items()],
+          "annotations": [{"id": 1, "image_id": gt_ids["a.jpg"], "category_id": 10, "bbox": [5, 5, 30, 20],
+                           "area": 600, "iscrowd": 0}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    out = tmp_path / "out"
+    _run(["--model", str(models["detection"]), "--source", str(src), "--output", str(out), "--quiet",
+          "--annotations", str(tmp_path / "gt.json")])
+    got = json.loads((out / "predictions.json").read_text())
+    want = [dict(r, image_id=gt_ids[r["file_name"]], category_id=gt_cats[r["category_name"]]) for r in plain]
+    assert got == want and len(got) > 10
+    assert cli_main(["eval", "coco", "--annotations", str(tmp_path / "gt.json"), "--results",
+                     str(out / "predictions.json")]) == 0
+    # an image the file does not list: named, before any work
+    gt["images"], gt["annotations"] = gt["images"][1:], []
+    (tmp_path / "gt2.json").write_text(json.dumps(gt))
+    capsys.readouterr()
+    assert cli_main(["predict", "--model", str(models["detection"]), "--source", str(src), "--output",
+                     str(tmp_path / "o2"), "--annotations", str(tmp_path / "gt2.json")]) == 2
+    assert "1 of 5 images are not in the file (matched by file name): a.jpg" in capsys.readouterr().err
+
+
+def test_outputs_of_names_that_differ_only_in_extension_do_not_collide(tmp_path):
+    """``x.jpg`` and ``x.png`` (different images) get a mask each; ``clip.mp4`` and ``clip.avi`` a drawn video each."""
+    torch.manual_seed(0)
+    seg = SegmentationTask(backbone="mobilenet_v2", width=0.35, num_classes=4, image_size=64, head="lraspp")
+    calibrate(seg, [p for n, p in seg.model.head.named_parameters() if "classifier" in n], std=2.0)
+    model = save_ckpt(seg, tmp_path / "seg.ckpt")
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(noise(40, 60, 1)).save(src / "x.jpg", quality=95)
+    Image.fromarray(noise(30, 50, 2)).save(src / "x.png")
+    Image.fromarray(noise(20, 20, 3)).save(src / "y.png")
+    for name, fourcc, frames in (("clip.mp4", "mp4v", 4), ("clip.avi", "MJPG", 2)):
+        writer = cv2.VideoWriter(str(src / name), cv2.VideoWriter_fourcc(*fourcc), 10.0, (64, 48))
+        for k in range(frames):
+            writer.write(cv2.cvtColor(noise(48, 64, 20 + k), cv2.COLOR_RGB2BGR))
+        writer.release()
+    out = tmp_path / "out"
+    _run(["--model", str(model), "--source", str(src), "--output", str(out), "--quiet"])
+    predictor = Predictor(model)
+    for name, mask in (("x.jpg", "x.jpg.png"), ("x.png", "x.png.png"), ("y.png", "y.png")):
+        np.testing.assert_array_equal(read_index_mask(out / "masks" / mask),
+                                      predictor([load_rgb_image(src / name)])[0]["mask"])
+        assert (out / "overlays" / mask).is_file()
+    for name, frames in (("clip.mp4", 4), ("clip.avi", 2)):
+        cap = cv2.VideoCapture(str(out / f"{name}_pred.mp4"))
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == frames, name
+        cap.release()
+    with open(out / "predictions.csv", newline="") as f:
+        masks = [r["mask"] for r in csv.DictReader(f) if r["mask"]]
+    assert sorted(masks) == ["masks/x.jpg.png", "masks/x.png.png", "masks/y.png"]
+
+
 # -- sources and errors ------------------------------------------------------------------------------------
 def test_source_names_and_stream(sources, tmp_path):
     src, video = sources

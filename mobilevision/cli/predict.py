@@ -10,17 +10,21 @@ found under. What is written under ``DIR`` depends on the model's task:
 
 * detection: ``predictions.json``, COCO results (``image_id``, ``category_id`` the dataset's id, ``bbox`` [x, y, w,
   h] in the original image's pixels, ``score``) plus ``file_name``, ``category_name`` and for video frames
-  ``frame``; image ids are 1, 2, ... in source order (one per image or kept frame). ``images.json``: those ids
+  ``frame``; image ids are 1, 2, ... in source order (one per image or kept frame), or with ``--annotations GT.json``
+  the ids of the user's COCO file (images matched by file name, categories by name), so that
+  ``mobilevision eval coco --annotations GT.json --results DIR/predictions.json`` scores them. ``images.json``: those ids
   with ``file_name``, ``width``, ``height`` (displayed orientation) and ``frame``, and the categories: a COCO
   skeleton for ``COCO().loadRes``. The drawn images under ``DIR/images/<name>``, a drawn video as
-  ``DIR/<name without extension>_pred.mp4`` (mp4v, at the kept frames' rate). Only detections scoring at least
+  ``DIR/<name without extension>_pred.mp4`` (mp4v, at the kept frames' rate; where two sources differ only in their
+  extension, such as ``clip.mp4`` and ``clip.avi``, each keeps its extension: ``clip.mp4_pred.mp4``). Only detections scoring at least
   ``--score-thresh`` (default 0.25) are written and drawn;
 * classification: ``predictions.csv`` with ``file,frame,label,score,top1,top1_score,...,top5,top5_score`` (class
   names; ``frame`` empty for images);
 * geolocalization: ``predictions.csv`` with ``image_id,latitude,longitude,cell,prob,frame`` (``image_id`` the file's
   name, ``name#frame`` for a video frame; ``cell`` the S2 token of the best cell and ``prob`` its probability),
   readable by ``mobilevision eval geolocalization --predictions``, and ``map.png``, the predicted points;
-* segmentation: ``masks/<name>.png``, the label map at the image's own size as a palette PNG (pixel values are class
+* segmentation: ``masks/<name without extension>.png`` (``x.jpg`` and ``x.png`` side by side: ``masks/x.jpg.png`` and
+  ``masks/x.png.png``), the label map at the image's own size as a palette PNG (pixel values are class
   indices, shown in VOC's colours; readable by ``mobilevision eval segmentation --predictions``), ``overlays/<name>``
   the image with the classes blended in and a legend (videos: ``<name>_pred.mp4``; their masks are not written), and
   ``predictions.csv`` with ``file,frame,mask,classes`` (the classes present with their share of the pixels).
@@ -70,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vid-stride", type=int, default=1, metavar="K", help="videos: every K-th frame (default: 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of the runtime (default: its choice)")
+    p.add_argument("--annotations", type=Path, metavar="GT.json",
+                   help="detection: your COCO file of these images; predictions.json then takes its image ids "
+                   "(matched by file name) and category ids (matched by name), so that `mobilevision eval coco "
+                   "--annotations GT.json --results DIR/predictions.json` scores them")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -96,14 +104,11 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if not args.model.is_file():
         raise FileNotFoundError(f"--model {args.model} does not exist")
+    if args.annotations is not None and not args.annotations.is_file():
+        raise FileNotFoundError(f"--annotations {args.annotations} does not exist")
 
 
 # ------------------------------------------------------------------------------------ writers ----
-def _without_suffix(name: str) -> str:
-    """A source's name (a relative path such as ``sub/x.jpg``) without its file extension."""
-    return name[: len(name) - len(Path(name).suffix)]
-
-
 class _VideoSink:
     """Drawn frames -> ``DIR/<name>_pred.mp4``, one open writer at a time (the sources come file by file)."""
 
@@ -123,7 +128,7 @@ class _VideoSink:
             self.close()
             info = probe_video(file.path)
             fps = (info.fps if info and info.fps > 0 else 25.0) / self.stride
-            path = self.out / f"{_without_suffix(file.name)}_pred.mp4"
+            path = self.out / f"{file.stem}_pred.mp4"
             path.parent.mkdir(parents=True, exist_ok=True)
             self.size = (rgb.shape[1], rgb.shape[0])
             self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, self.size)
@@ -141,13 +146,52 @@ class _VideoSink:
         self.file = self.writer = None
 
 
+class _GroundTruthIds:
+    """Image and category ids of a user's COCO file for the sources (``--annotations``): an image by its file name
+    (the source's relative name, else its base name when that is unique in the file), a category by its name."""
+
+    def __init__(self, path: Path, files: Sequence[Any], class_names: Sequence[str]) -> None:
+        from ..coco_format import read_coco
+
+        data = read_coco(str(path))
+        by_name = {im["file_name"].replace("\\", "/"): im["id"] for im in data["images"]}
+        base: dict[str, list[int]] = {}
+        for name, image_id in by_name.items():
+            base.setdefault(name.rsplit("/", 1)[-1], []).append(image_id)
+        videos = [f.name for f in files if f.video]
+        if videos:
+            raise ValueError(f"--annotations {path}: videos have no entry in a COCO file ({', '.join(videos[:3])}); "
+                             "predict them without --annotations")
+        self.image_ids: dict[str, int] = {}
+        missing = []
+        for f in files:
+            found = by_name.get(f.name)
+            if found is None and len(base.get(f.name.rsplit("/", 1)[-1], [])) == 1:
+                found = base[f.name.rsplit("/", 1)[-1]][0]
+            if found is None:
+                missing.append(f.name)
+            else:
+                self.image_ids[f.name] = found
+        if missing:
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise ValueError(f"--annotations {path}: {len(missing)} of {len(files)} images are not in the file "
+                             f"(matched by file name): {', '.join(missing[:5])}{more}")
+        categories = {c["name"]: c["id"] for c in data["categories"]}
+        self.category_ids = {i: categories[n] for i, n in enumerate(class_names) if n in categories}
+        if not self.category_ids:
+            raise ValueError(f"--annotations {path}: none of the model's classes ({', '.join(class_names)}) is a "
+                             f"category of the file ({', '.join(categories)})")
+        self.unmatched = [n for n in class_names if n not in categories]
+
+
 class _DetectionWriter:
-    def __init__(self, out: Path, predictor: Any, stride: int) -> None:
+    def __init__(self, out: Path, predictor: Any, stride: int, gt: _GroundTruthIds | None = None) -> None:
         self.out, self.meta = out, predictor.meta
         self.records: list[dict[str, Any]] = []
         self.images: list[dict[str, Any]] = []
         self.video = _VideoSink(out, stride)
         self.drawn = 0
+        self.gt = gt
 
     def add(self, item: Any, result: dict[str, Any]) -> None:
         from PIL import Image
@@ -155,14 +199,19 @@ class _DetectionWriter:
         from ..data.image_io import IMAGE_EXTENSIONS
         from ..evaluation.visualize import draw_boxes
 
-        image_id = len(self.images) + 1
+        image_id = len(self.images) + 1 if self.gt is None else self.gt.image_ids[item.file.name]
         h, w = item.image.shape[:2]
         entry: dict[str, Any] = {"id": image_id, "file_name": item.file.name, "width": w, "height": h}
         extra = {} if item.frame is None else {"frame": item.frame}
         self.images.append({**entry, **extra})
         boxes, scores = result["boxes"], result["scores"]
-        for (x1, y1, x2, y2), s, c, name in zip(boxes.tolist(), scores.tolist(), result["category_ids"].tolist(),
-                                                result["names"]):
+        for (x1, y1, x2, y2), s, c, label, name in zip(boxes.tolist(), scores.tolist(),
+                                                       result["category_ids"].tolist(), result["labels"].tolist(),
+                                                       result["names"]):
+            if self.gt is not None:
+                if label not in self.gt.category_ids:
+                    continue  # a class the user's file does not have: nothing to score it against
+                c = self.gt.category_ids[label]
             self.records.append({"image_id": image_id, "category_id": int(c),
                                  "bbox": [round(x1, 4), round(y1, 4), round(x2 - x1, 4), round(y2 - y1, 4)],
                                  "score": round(s, 5), "category_name": name, "file_name": item.file.name, **extra})
@@ -182,6 +231,9 @@ class _DetectionWriter:
         self.video.close()
         names, lut = self.meta.get("class_names") or [], self.meta.get("label_to_category_id")
         categories = [{"id": int(lut[i]) if lut else i, "name": n} for i, n in enumerate(names)]
+        if self.gt is not None:
+            categories = [{"id": self.gt.category_ids[i], "name": n} for i, n in enumerate(names)
+                          if i in self.gt.category_ids]
         (self.out / "predictions.json").write_text(json.dumps(self.records) + "\n")
         (self.out / "images.json").write_text(json.dumps({"images": self.images, "categories": categories}) + "\n")
         wrote = [f"{self.out / 'predictions.json'} ({len(self.records)} detections)", str(self.out / "images.json")]
@@ -261,7 +313,7 @@ class _SegmentationWriter(_CsvWriter):
             self.video.write(item.file, overlay)
             self.row([item.file.name, item.frame, "", classes])
             return
-        stem = _without_suffix(item.file.name)
+        stem = item.file.stem
         save_index_mask(result["mask"], self.out / "masks" / f"{stem}.png")
         path = self.out / "overlays" / f"{stem}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -310,7 +362,16 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     args.output.mkdir(parents=True, exist_ok=True)
-    writer = _WRITERS[predictor.kind](args.output, predictor, args.vid_stride)
+    if args.annotations is not None:
+        if predictor.kind != "detection":
+            raise ValueError(f"--annotations is for detection models; {args.model} is a {predictor.kind} model")
+        gt = _GroundTruthIds(args.annotations, files, predictor.meta.get("class_names") or [])
+        if gt.unmatched:
+            console.print(f"[yellow]--annotations {args.annotations} has no category {', '.join(gt.unmatched)}: "
+                          "those detections are left out of predictions.json")
+        writer: Any = _DetectionWriter(args.output, predictor, args.vid_stride, gt)
+    else:
+        writer = _WRITERS[predictor.kind](args.output, predictor, args.vid_stride)
     skipped: list[tuple[str, str]] = []
     counts = {"images": 0, "frames": 0}
     batch: list[Any] = []

@@ -40,11 +40,15 @@ def is_video_file(name: str) -> bool:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file to predict on: its ``path``, its output ``name`` (relative, ``/``-separated), whether it is a video."""
+    """One file to predict on: its ``path``, its output ``name`` (relative, ``/``-separated), whether it is a video,
+    and ``stem``, the name that outputs of another extension are written under (``masks/<stem>.png``,
+    ``<stem>_pred.mp4``): the name without its extension, or the whole name where two sources would share it
+    (``x.jpg`` and ``x.png`` -> ``x.jpg``, ``x.png``), unique among the sources."""
 
     path: Path
     name: str
     video: bool
+    stem: str = ""
 
 
 @dataclass
@@ -144,7 +148,28 @@ def resolve_sources(sources: Sequence[str | os.PathLike],
         shown = ", ".join(map(os.fspath, sources))
         raise ValueError(f"no image or video to predict on in {shown} (images: {', '.join(IMAGE_EXTENSIONS)}; "
                          f"videos: {', '.join(VIDEO_EXTENSIONS)})")
-    return files
+    return _with_unique_stems(files)
+
+
+def _with_unique_stems(files: list[SourceFile]) -> list[SourceFile]:
+    """Give each file a ``stem`` no other file has (see :class:`SourceFile`)."""
+    def plain(name: str) -> str:
+        return name[: len(name) - len(Path(name).suffix)]
+
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[plain(f.name)] = counts.get(plain(f.name), 0) + 1
+    taken: set[str] = set()
+    out = []
+    for f in files:
+        stem = plain(f.name) if counts[plain(f.name)] == 1 else f.name
+        base, k = stem, 1
+        while stem in taken:
+            k += 1
+            stem = f"{base}-{k}"
+        taken.add(stem)
+        out.append(SourceFile(f.path, f.name, f.video, stem))
+    return out
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo | None:

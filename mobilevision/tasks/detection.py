@@ -132,13 +132,35 @@ class DetectionTask(BackboneTask):
         """Fold the network, and clear the evaluator; the ground truth is read and indexed once, not at every
         validation."""
         super()._start_eval()
-        dm = self.trainer.datamodule
-        gt, mapping, backend = dm.val_coco, list(dm.label_to_category_id), self.hparams.eval_backend
+        gt, mapping = self._ground_truth()
+        backend = self.hparams.eval_backend
         if self.evaluator is not None and self._evaluator_for == (gt, mapping, backend):
             self.evaluator.reset()
             return
         self.evaluator = COCOEvaluator(gt, label_to_category_id=mapping, backend=backend)
         self._evaluator_for = (gt, mapping, backend)
+
+    def _ground_truth(self) -> tuple[Any, list[int]]:
+        """(pycocotools ground truth, label -> category id) of the data being evaluated: the data module's, or,
+        for ``trainer.validate(task, dataloaders=...)`` / ``test``, the COCO dataset under the first loader."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "val_coco"):
+            return dm.val_coco, list(dm.label_to_category_id)
+        loaders = self.trainer.test_dataloaders if self.trainer.testing else self.trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        dataset = getattr(loader, "dataset", None)
+        while isinstance(dataset, torch.utils.data.Subset):
+            dataset = dataset.dataset
+        coco, categories = getattr(dataset, "coco", None), getattr(dataset, "categories", None)
+        if coco is None or categories is None:
+            raise ValueError("DetectionTask evaluation scores against COCO ground truth: pass a "
+                             "CocoDetectionDataModule, or dataloaders over a CocoDetection dataset (not "
+                             f"{type(dataset).__name__})")
+        mapping = [int(c["id"]) for c in categories]
+        if len(mapping) != self.hparams.num_classes:
+            raise ValueError(f"the evaluation dataset has {len(mapping)} categories but the model "
+                             f"{self.hparams.num_classes} classes")
+        return coco, mapping
 
     def _eval_step(self, batch, evaluator: COCOEvaluator, stage: str) -> None:
         images, targets = batch
