@@ -31,6 +31,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from .errors import UserError
+
 __all__ = ["read_coco"]
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ def _shown(items: list, limit: int = 10) -> str:
 
 def _int_id(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise ValueError(f"{where}: id {value!r} is not an integer")
+        raise UserError(f"{where}: id {value!r} is not an integer")
     return int(value)
 
 
@@ -56,7 +58,7 @@ def _load(source: Any, name: str | None) -> tuple[Mapping, str]:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"annotation file {path} is not valid json: {e}") from e
+            raise UserError(f"annotation file {path} is not valid json: {e}") from e
         return data, name or path
     if isinstance(source, Mapping):
         return source, name or "annotations"
@@ -77,30 +79,30 @@ def read_coco(source: Any, name: str | None = None) -> dict:
     """
     data, name = _load(source, name)
     if not isinstance(data, Mapping) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{name}: not a COCO detection file (no 'images' list)")
+        raise UserError(f"{name}: not a COCO detection file (no 'images' list)")
     annotations = data.get("annotations", [])
     categories = data.get("categories")
     if not isinstance(annotations, list):
-        raise ValueError(f"{name}: 'annotations' is not a list")
+        raise UserError(f"{name}: 'annotations' is not a list")
     if not isinstance(categories, list) or not categories:
-        raise ValueError(f"{name}: no categories defined (a non-empty 'categories' list is needed)")
+        raise UserError(f"{name}: no categories defined (a non-empty 'categories' list is needed)")
 
     images: dict[int, dict] = {}
     conflicts = []
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img:
-            raise ValueError(f"{name}: image #{i + 1} has no id: {img!r}")
+            raise UserError(f"{name}: image #{i + 1} has no id: {img!r}")
         img = dict(img)
         img["id"] = _int_id(img["id"], f"{name}: image #{i + 1}")
         for key in ("width", "height"):
             v = img.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):  # 0: unknown
-                raise ValueError(f"{name}: image id {img['id']} ({img.get('file_name')}) has {key} {v!r}")
+                raise UserError(f"{name}: image id {img['id']} ({img.get('file_name')}) has {key} {v!r}")
         other = images.setdefault(img["id"], img)  # the same image listed twice (merged files) is one image
         if any(other.get(k) != img.get(k) for k in ("file_name", "width", "height")):
             conflicts.append(f"{img['id']} ({other.get('file_name')}, {img.get('file_name')})")
     if conflicts:
-        raise ValueError(f"{name}: image ids used by different images: {_shown(conflicts)}; every image needs its "
+        raise UserError(f"{name}: image ids used by different images: {_shown(conflicts)}; every image needs its "
                          "own id (merged exports must renumber the images of each part and their annotations' "
                          "image_id)")
     files = {k: img.get("file_name", f"image id {k}") for k, img in images.items()}
@@ -108,17 +110,17 @@ def read_coco(source: Any, name: str | None = None) -> dict:
     cats: dict[int, dict] = {}
     for i, cat in enumerate(categories):
         if not isinstance(cat, dict) or "id" not in cat:
-            raise ValueError(f"{name}: category #{i + 1} has no id: {cat!r}")
+            raise UserError(f"{name}: category #{i + 1} has no id: {cat!r}")
         cat = dict(cat)
         cat["id"] = _int_id(cat["id"], f"{name}: category #{i + 1}")
         cat["name"] = str(cat.get("name", cat["id"]))
         other = cats.setdefault(cat["id"], cat)
         if other["name"] != cat["name"]:
-            raise ValueError(f"{name}: category id {cat['id']} is both {other['name']!r} and {cat['name']!r}")
+            raise UserError(f"{name}: category id {cat['id']} is both {other['name']!r} and {cat['name']!r}")
     names = Counter(c["name"] for c in cats.values())
     if any(n > 1 for n in names.values()):
         twice = {n: [c["id"] for c in cats.values() if c["name"] == n] for n, k in names.items() if k > 1}
-        raise ValueError(f"{name}: category names used by several ids: {twice}")
+        raise UserError(f"{name}: category names used by several ids: {twice}")
 
     def where(i: int, ann: Mapping) -> str:
         return f"{name}: annotation id {ann.get('id')} (#{i + 1} in the file, image {files.get(ann.get('image_id'))})"
@@ -126,19 +128,19 @@ def read_coco(source: Any, name: str | None = None) -> dict:
     anns = []
     for i, ann in enumerate(annotations):
         if not isinstance(ann, dict):
-            raise ValueError(f"{name}: annotation #{i + 1} is not an object: {ann!r}")
+            raise UserError(f"{name}: annotation #{i + 1} is not an object: {ann!r}")
         image_id, cat_id, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
         if not isinstance(image_id, (int, float)) or isinstance(image_id, bool) or image_id not in files:
-            raise ValueError(f"{name}: annotation id {ann.get('id')} (#{i + 1} in the file) refers to image_id "
+            raise UserError(f"{name}: annotation id {ann.get('id')} (#{i + 1} in the file) refers to image_id "
                              f"{image_id!r} which is not in 'images'")
         if not isinstance(cat_id, (int, float)) or isinstance(cat_id, bool) or cat_id not in cats:
-            raise ValueError(f"{where(i, ann)} has unknown category_id {cat_id!r}; known ids: {sorted(cats)}")
+            raise UserError(f"{where(i, ann)} has unknown category_id {cat_id!r}; known ids: {sorted(cats)}")
         try:
             if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
                 raise TypeError
             bbox = [float(v) for v in bbox]
         except (TypeError, ValueError):
-            raise ValueError(f"{where(i, ann)} has a malformed bbox {bbox!r}; expected [x, y, width, height]") from None
+            raise UserError(f"{where(i, ann)} has a malformed bbox {bbox!r}; expected [x, y, width, height]") from None
         ann = dict(ann, id=i + 1, image_id=int(image_id), category_id=int(cat_id), bbox=bbox)
         if ann.get("area") is None:
             area = bbox[2] * bbox[3]
@@ -156,5 +158,5 @@ def read_coco(source: Any, name: str | None = None) -> dict:
                     name, ", ".join(f"{c['name']!r} (id {c['id']})" for c in placeholders))
     kept = [c for c in cats.values() if c not in placeholders]
     if not kept:
-        raise ValueError(f"{name}: no categories defined besides the placeholder {placeholders[0]['name']!r}")
+        raise UserError(f"{name}: no categories defined besides the placeholder {placeholders[0]['name']!r}")
     return {**data, "images": list(images.values()), "annotations": anns, "categories": kept}

@@ -165,3 +165,36 @@ def test_ddp_from_the_command_line(launcher, tmp_path):
     single = trainer.validate(task, datamodule=dm, verbose=False)[0]
     for key in ("val/acc1", "val/acc5", "val/acc_mean_class", "val/loss"):
         assert logged[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
+
+
+# -- user errors and bugs, told apart --------------------------------------------------------------------------
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys):
+    from mobilevision.cli import report_errors
+    from mobilevision.errors import ImageDecodeError, UserError
+
+    def fail(exc):
+        def run(_):
+            raise exc
+        return run
+
+    for exc in (UserError("--x must be >= 1, got 0"), FileNotFoundError("model.onnx does not exist"),
+                ImageDecodeError("cannot decode image a.jpg")):
+        assert report_errors(fail(exc), None) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {exc}\n"
+    assert report_errors(fail(ValueError("operands could not be broadcast")), None) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "internal error (ValueError: operands could not be broadcast)" in err
+    assert "bug in mobilevision" in err and not err.startswith("error:")
+
+
+def test_a_benchmark_recipe_without_its_dataset_is_one_line(tmp_path, monkeypatch, capsys):
+    """The COCO recipe with no COCO under the current folder: the folders and the page that says how to prepare it,
+    exit code 2, no traceback."""
+    from mobilevision.cli import main as mobilevision
+
+    monkeypatch.chdir(tmp_path)
+    assert mobilevision(["train", "--config", "configs/ssdlite/coco_mobilenet_v2.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: detection data not found (relative to ") and "Traceback" not in err
+    assert "train_images=datasets/coco/train2017" in err and "datasets/coco/README.md" in err

@@ -495,3 +495,23 @@ def test_data_package_does_not_import_models_or_tasks():
             for m in mods:
                 absolute = "mobilevision" + m[1:] if m.startswith("..") else m
                 assert not absolute.startswith(("mobilevision.models", "mobilevision.tasks")), (name, m)
+
+
+def test_detection_prediction_folder_recurses_and_leaves_hidden_files_out(tmp_path):
+    """The detection data module's predict folder is walked like every other folder of the project: recursively,
+    sorted, hidden files (a macOS ``._x.jpg``) and folders left out."""
+    from mobilevision.data import ImageFolderDataset, eval_transforms
+
+    (tmp_path / "sub" / "deep").mkdir(parents=True)
+    (tmp_path / ".git").mkdir()
+    for name, size in (("b.jpg", (30, 20)), ("sub/a.png", (20, 30)), ("sub/deep/c.heic", (24, 24)),
+                       (".git/x.jpg", (8, 8))):
+        Image.fromarray(np.full((size[1], size[0], 3), 90, np.uint8)).save(tmp_path / name)
+    (tmp_path / "._b.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "notes.txt").write_text("x")
+    ds = ImageFolderDataset(tmp_path, eval_transforms(32))
+    assert ds.files == ["b.jpg", os.path.join("sub", "a.png"), os.path.join("sub", "deep", "c.heic")]
+    for i in range(len(ds)):
+        image, target = ds[i]
+        assert image.shape == (3, 32, 32) and target["file_name"] == ds.files[i]
+    assert ds[1][1]["orig_size"] == (30, 20)

@@ -323,6 +323,36 @@ def test_predictions_take_the_ids_of_the_users_ground_truth(det_runs, models, so
     assert "1 of 5 images are not in the file (matched by file name): a.jpg" in capsys.readouterr().err
 
 
+def test_a_video_opencv_fails_on_is_skipped_and_named(models, sources, tmp_path, monkeypatch):
+    """OpenCV raising ``cv2.error`` in the middle of a video: the frames before it are predicted, the video is named
+    in the summary and skipped.txt with the frame, the other sources are predicted, and the exit code is 0."""
+    src, video = sources
+    real = cv2.VideoCapture
+
+    class Failing:  # the real capture, whose 3rd retrieve fails as a damaged stream makes OpenCV fail
+        def __init__(self, path):
+            self.cap, self.calls = real(path), 0
+
+        def retrieve(self):
+            self.calls += 1
+            if self.calls == 3:
+                raise cv2.error("OpenCV(5.0) error: (-215:Assertion failed) !_src.empty() in function 'cvtColor'")
+            return self.cap.retrieve()
+
+        def __getattr__(self, name):
+            return getattr(self.cap, name)
+
+    monkeypatch.setattr(cv2, "VideoCapture", Failing)
+    out = tmp_path / "out"
+    err = _run(["--model", str(models["classification"]), "--source", str(src / "a.jpg"), str(video),
+                str(src / "sub" / "b.png"), "--output", str(out), "--quiet"])
+    with open(out / "predictions.csv", newline="") as f:
+        rows = [(r["file"], r["frame"]) for r in csv.DictReader(f)]
+    assert rows == [("a.jpg", ""), ("clip.mp4", "0"), ("clip.mp4", "1"), ("b.png", "")]
+    assert "cannot decode video" in err and "at frame 2" in err
+    assert "clip.mp4" in (out / "skipped.txt").read_text()
+
+
 def test_outputs_of_names_that_differ_only_in_extension_do_not_collide(tmp_path):
     """``x.jpg`` and ``x.png`` (different images) get a mask each; ``clip.mp4`` and ``clip.avi`` a drawn video each."""
     torch.manual_seed(0)

@@ -31,13 +31,23 @@ SUBCOMMANDS = {
 
 
 def report_errors(run: Callable[[Any], int | None], args: Any) -> int:
-    """``run(args)``'s exit code; a missing file or invalid input (``FileNotFoundError`` / ``ValueError``, whose
-    messages name the file and the problem) prints ``error: ...`` to stderr and gives 2."""
+    """``run(args)``'s exit code. Bad input (:class:`~mobilevision.errors.UserError`, ``OSError`` such as a missing
+    file or an undecodable image; the messages name the file and the problem) prints ``error: ...`` to stderr and
+    gives 2. Any other exception is a bug in mobilevision: its traceback, a line saying so, and 1."""
+    from ..errors import UserError
+
     try:
         return int(run(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
+    except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug, not the user's input
+        import traceback
+
+        traceback.print_exc()
+        print(f"mobilevision: internal error ({type(e).__name__}: {e}); this is a bug in mobilevision, not in your "
+              "input: please report it with the traceback above", file=sys.stderr)
+        return 1
 
 
 def _usage() -> str:

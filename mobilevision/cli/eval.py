@@ -28,6 +28,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..errors import UserError
 from . import report_errors
 
 __all__ = ["build_parser", "main"]
@@ -117,7 +118,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> dict:
     task, ckpt = load_task(args.checkpoint, DetectionTask)
     data_args = _checkpoint_data_args(ckpt, args)
     if (args.annotations is None) != (args.images is None):
-        raise ValueError("give both --annotations and --images (or neither, for the checkpoint's own validation set)")
+        raise UserError("give both --annotations and --images (or neither, for the checkpoint's own validation set)")
     if args.annotations is not None:  # evaluate on another set; the training paths are not read
         data_args.update(train_images=str(args.images), train_annotations=str(args.annotations),
                          val_images=str(args.images), val_annotations=str(args.annotations))
@@ -126,7 +127,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> dict:
     if hp.label_to_category_id:
         dm.use_categories(list(hp.label_to_category_id), hp.category_names)
     if dm.num_classes != hp.num_classes:
-        raise ValueError(f"{args.checkpoint} predicts {hp.num_classes} classes, but {dm.train_annotations} "
+        raise UserError(f"{args.checkpoint} predicts {hp.num_classes} classes, but {dm.train_annotations} "
                          f"has {dm.num_classes}")
     task.hparams.eval_backend = args.backend
     trainer = _eval_trainer()
@@ -173,7 +174,7 @@ def _run_coco(args: argparse.Namespace) -> int:
         stats = _evaluate_checkpoint(args)
     else:
         if args.annotations is None:
-            raise ValueError("--results needs --annotations")
+            raise UserError("--results needs --annotations")
         stats = evaluate_results_file(args.annotations, args.results, backend=args.backend)
         print(f"COCO bbox evaluation of {args.results} against {args.annotations} [{args.backend}]")
     _print_coco(stats, args.per_category, title="COCO bbox mAP")
@@ -243,11 +244,11 @@ def _evaluate_classification_checkpoint(args: argparse.Namespace) -> tuple[dict,
     dm = ClassificationDataModule(**data_args)
     hp = task.hparams
     if dm.num_classes != hp.num_classes:
-        raise ValueError(f"{args.checkpoint} predicts {hp.num_classes} classes, but dataset "
+        raise UserError(f"{args.checkpoint} predicts {hp.num_classes} classes, but dataset "
                          f"{data_args.get('dataset')!r} ({data_args.get('root')}) has {dm.num_classes}")
     names = list(dm.class_names) if dm.class_names is not None else None
     if hp.class_names and names and list(hp.class_names) != names:
-        raise ValueError(f"{args.checkpoint} was trained on classes {list(hp.class_names)[:5]}..., but the dataset "
+        raise UserError(f"{args.checkpoint} was trained on classes {list(hp.class_names)[:5]}..., but the dataset "
                          f"has {names[:5]}... (another order or another label set)")
     if hp.class_names is None and names:
         hp.class_names = names
@@ -328,7 +329,7 @@ def _evaluate_geolocalization_checkpoint(args: argparse.Namespace):
     from ..tasks import GeolocalizationTask, load_task
 
     if args.ground_truth is not None:
-        raise ValueError("--ground-truth goes with --predictions; with --checkpoint use --data-file")
+        raise UserError("--ground-truth goes with --predictions; with --checkpoint use --data-file")
     task, ckpt = load_task(args.checkpoint, GeolocalizationTask)
     data_args = _checkpoint_data_args(ckpt, args)
     if args.data_file is not None:
@@ -375,7 +376,7 @@ def _run_geolocalization(args: argparse.Namespace) -> int:
     others: dict[str, dict] = {}
     if args.predictions is not None:
         if args.ground_truth is None:
-            raise ValueError("--predictions needs --ground-truth")
+            raise UserError("--predictions needs --ground-truth")
         matched = match_prediction_csvs(args.predictions, args.ground_truth)
         print(f"geolocalization evaluation of {args.predictions} against {args.ground_truth}")
     else:
@@ -434,16 +435,16 @@ def _evaluate_segmentation_checkpoint(args: argparse.Namespace) -> tuple[dict, s
     from ..tasks import SegmentationTask, load_task
 
     if args.ground_truth is not None or args.num_classes is not None:
-        raise ValueError("--ground-truth / --num-classes go with --predictions; a checkpoint knows its classes")
+        raise UserError("--ground-truth / --num-classes go with --predictions; a checkpoint knows its classes")
     if args.draw is not None and args.draw_count < 1:
-        raise ValueError(f"--draw-count must be >= 1, got {args.draw_count}")
+        raise UserError(f"--draw-count must be >= 1, got {args.draw_count}")
     task, ckpt = load_task(args.checkpoint, SegmentationTask)
     data_args = _checkpoint_data_args(ckpt, args)
     data_args["eval_batch_size"] = args.batch_size
     dm = SegmentationDataModule(**data_args)
     hp = task.hparams
     if dm.num_classes != hp.num_classes or (hp.class_names and list(dm.class_names) != list(hp.class_names)):
-        raise ValueError(f"{args.checkpoint} predicts {hp.num_classes} classes {list(hp.class_names or [])[:6]}..., "
+        raise UserError(f"{args.checkpoint} predicts {hp.num_classes} classes {list(hp.class_names or [])[:6]}..., "
                          f"but the dataset has {dm.num_classes}: {list(dm.class_names)[:6]}...")
     if args.eval_scales:
         hp.eval_scales = [float(v) for v in args.eval_scales.split(",")]
@@ -486,9 +487,9 @@ def _run_segmentation(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
     if args.predictions is not None:
         if args.ground_truth is None or args.num_classes is None:
-            raise ValueError("--predictions needs --ground-truth and --num-classes")
+            raise UserError("--predictions needs --ground-truth and --num-classes")
         if args.draw is not None:
-            raise ValueError("--draw goes with --checkpoint")
+            raise UserError("--draw goes with --checkpoint")
         stats = evaluate_mask_folders(args.predictions, args.ground_truth, args.num_classes, args.ignore_index, names)
         title = f"segmentation: {args.predictions} vs {args.ground_truth} ({stats['num_images']} masks)"
     else:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import UserError
 from . import report_errors
 
 __all__ = ["build_parser", "main"]
@@ -79,11 +80,11 @@ def _check_parity(predictor, exported, nms: bool) -> str:
         worst = 0.0
         for da, db in zip(predictor.run(x, sizes), exported.run(x, sizes)):
             if len(da["scores"]) != len(db["scores"]):
-                raise ValueError(f"ONNX Runtime finds {len(db['scores'])} detections, torch {len(da['scores'])}")
+                raise UserError(f"ONNX Runtime finds {len(db['scores'])} detections, torch {len(da['scores'])}")
             if len(da["scores"]):
                 worst = max(worst, float(np.abs(np.sort(da["scores"]) - np.sort(db["scores"])).max()))
         if worst > 1e-3:
-            raise ValueError(f"ONNX Runtime and torch disagree: scores differ by up to {worst:.2e}")
+            raise UserError(f"ONNX Runtime and torch disagree: scores differ by up to {worst:.2e}")
         return f"ONNX Runtime vs torch on 3 random inputs: same detection counts, scores within {worst:.1e}"
     ours, theirs = predictor.outputs(x), exported.outputs(x)
     parts = []
@@ -93,7 +94,7 @@ def _check_parity(predictor, exported, nms: bool) -> str:
         scale = float(np.abs(ref).max()) or 1.0
         parts.append(f"{name} max |diff| {diff:.1e} (scale {scale:.2g})")
         if diff > 1e-3 * max(scale, 1.0):
-            raise ValueError(f"ONNX Runtime and torch disagree on {name}: max |diff| {diff:.3g} at scale {scale:.3g}")
+            raise UserError(f"ONNX Runtime and torch disagree on {name}: max |diff| {diff:.3g} at scale {scale:.3g}")
     return "ONNX Runtime vs torch on 3 random inputs: " + ", ".join(parts)
 
 
@@ -150,11 +151,11 @@ def _run(args: argparse.Namespace) -> int:
     from ..deploy.quantize import quantize_int8
 
     if args.int8 and args.calibration is None:
-        raise ValueError("--int8 needs --calibration DIR (representative images)")
+        raise UserError("--int8 needs --calibration DIR (representative images)")
     if args.calibration is not None and not args.calibration.is_dir():
         raise FileNotFoundError(f"calibration folder {args.calibration} does not exist")
     if args.output.suffix.lower() != ".onnx":
-        raise ValueError(f"--output must be an .onnx file, got {args.output}")
+        raise UserError(f"--output must be an .onnx file, got {args.output}")
     task, ckpt = load_any_task(args.checkpoint)
     predictor = Predictor(args.checkpoint)
     kind = predictor.kind
@@ -169,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     batches = list(_calibration_batches(predictor, args.calibration, args.calibration_size, args.batch_size))
     if not batches:
-        raise ValueError(f"no readable image in calibration folder {args.calibration}")
+        raise UserError(f"no readable image in calibration folder {args.calibration}")
     print(f"calibrating int8 on {sum(len(b) for b in batches)} images of {args.calibration}")
     t = time.perf_counter()
     export_onnx(task, args.output, ckpt=ckpt, opset=args.opset, batch=args.batch, nms=args.nms,

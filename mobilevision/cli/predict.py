@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
 from . import report_errors
 
 __all__ = ["DEFAULT_SCORE_THRESH", "build_parser", "main"]
@@ -84,24 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.vid_stride < 1:
-        raise ValueError(f"--vid-stride must be >= 1, got {args.vid_stride}")
+        raise UserError(f"--vid-stride must be >= 1, got {args.vid_stride}")
     if not 0.0 <= args.score_thresh <= 1.0:
-        raise ValueError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+        raise UserError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+        raise UserError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: CUDA is not available on this machine "
+            raise UserError(f"--device {args.device}: CUDA is not available on this machine "
                              "(torch.cuda.is_available() is False); use --device cpu")
         index = int(args.device.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UserError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if not args.model.is_file():
         raise FileNotFoundError(f"--model {args.model} does not exist")
     if args.annotations is not None and not args.annotations.is_file():
@@ -133,7 +134,7 @@ class _VideoSink:
             self.size = (rgb.shape[1], rgb.shape[0])
             self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, self.size)
             if not self.writer.isOpened():
-                raise ValueError(f"OpenCV cannot write {path} (mp4v)")
+                raise UserError(f"OpenCV cannot write {path} (mp4v)")
             self.file = file
             self.paths.append(path)
         if (rgb.shape[1], rgb.shape[0]) != self.size:
@@ -160,7 +161,7 @@ class _GroundTruthIds:
             base.setdefault(name.rsplit("/", 1)[-1], []).append(image_id)
         videos = [f.name for f in files if f.video]
         if videos:
-            raise ValueError(f"--annotations {path}: videos have no entry in a COCO file ({', '.join(videos[:3])}); "
+            raise UserError(f"--annotations {path}: videos have no entry in a COCO file ({', '.join(videos[:3])}); "
                              "predict them without --annotations")
         self.image_ids: dict[str, int] = {}
         missing = []
@@ -174,12 +175,12 @@ class _GroundTruthIds:
                 self.image_ids[f.name] = found
         if missing:
             more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-            raise ValueError(f"--annotations {path}: {len(missing)} of {len(files)} images are not in the file "
+            raise UserError(f"--annotations {path}: {len(missing)} of {len(files)} images are not in the file "
                              f"(matched by file name): {', '.join(missing[:5])}{more}")
         categories = {c["name"]: c["id"] for c in data["categories"]}
         self.category_ids = {i: categories[n] for i, n in enumerate(class_names) if n in categories}
         if not self.category_ids:
-            raise ValueError(f"--annotations {path}: none of the model's classes ({', '.join(class_names)}) is a "
+            raise UserError(f"--annotations {path}: none of the model's classes ({', '.join(class_names)}) is a "
                              f"category of the file ({', '.join(categories)})")
         self.unmatched = [n for n in class_names if n not in categories]
 
@@ -364,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     if args.annotations is not None:
         if predictor.kind != "detection":
-            raise ValueError(f"--annotations is for detection models; {args.model} is a {predictor.kind} model")
+            raise UserError(f"--annotations is for detection models; {args.model} is a {predictor.kind} model")
         gt = _GroundTruthIds(args.annotations, files, predictor.meta.get("class_names") or [])
         if gt.unmatched:
             console.print(f"[yellow]--annotations {args.annotations} has no category {', '.join(gt.unmatched)}: "
@@ -420,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"  ... and {len(skipped) - 20} more")
     console.print("\n".join(lines), markup=False, highlight=False)
     if not done:
-        raise ValueError(f"none of the {len(files)} file(s) could be read: nothing was predicted")
+        raise UserError(f"none of the {len(files)} file(s) could be read: nothing was predicted")
     return 0
 
 

@@ -61,6 +61,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..errors import UserError
 from ..evaluation.complexity import cpu_name
 from ..evaluation.selection import (
     DETECTION_SIZES,
@@ -211,7 +212,7 @@ class LatencyCache:
             try:
                 data = json.loads(self.path.read_text())
             except json.JSONDecodeError as e:
-                raise ValueError(f"latency cache {self.path} is not valid JSON ({e}); delete it to measure again")
+                raise UserError(f"latency cache {self.path} is not valid JSON ({e}); delete it to measure again")
             if isinstance(data, dict) and isinstance(data.get("entries"), dict):
                 self.data = data
 
@@ -503,13 +504,13 @@ def write_config(pick: Candidate, task: str, path: Path, header: Sequence[str]) 
 
 def select_points(args: argparse.Namespace) -> list[GridPoint]:
     if args.task == "classification" and args.sizes != list(DETECTION_SIZES):
-        raise ValueError("--sizes is for --task ssdlite (the classification grid has its published resolutions)")
+        raise UserError("--sizes is for --task ssdlite (the classification grid has its published resolutions)")
     points = candidate_grid(args.task, args.families, args.sizes)
     if args.candidates:
         by_name = {p.name: p for p in points}
         unknown = [n for n in args.candidates if n not in by_name]
         if unknown:
-            raise ValueError(f"unknown candidates {unknown} for --task {args.task} and families "
+            raise UserError(f"unknown candidates {unknown} for --task {args.task} and families "
                              f"{','.join(args.families)}; names: {', '.join(by_name)}")
         points = [by_name[n] for n in dict.fromkeys(args.candidates)]
     return points
@@ -522,14 +523,14 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(width=None if Console().is_terminal else 160)
     if args.latency_ms is None and not args.list:
-        raise ValueError("--latency-ms is required (the latency budget per batch, in milliseconds)")
+        raise UserError("--latency-ms is required (the latency budget per batch, in milliseconds)")
     if args.latency_ms is not None and (args.latency_ms <= 0 or not math.isfinite(args.latency_ms)):
-        raise ValueError(f"--latency-ms must be a positive number, got {args.latency_ms}")
+        raise UserError(f"--latency-ms must be a positive number, got {args.latency_ms}")
     if args.settle < 0 or args.warmup < 0:
-        raise ValueError("--settle and --warmup must be at least 0")
+        raise UserError("--settle and --warmup must be at least 0")
     for name in ("batch", "repeats"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     # oneDNN keeps 1024 compiled kernels (primitives) by default; the grid's convolutions need more, and then every
     # call compiles its kernels again (the smallest networks measured 2-3x slower interleaved than alone).
     # Read when oneDNN first runs, so it must be set before any convolution of this process.
@@ -541,7 +542,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     threads = args.threads or torch.get_num_threads()
     if threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {threads}")
+        raise UserError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
     t_start = time.perf_counter()
     device = device_description()

@@ -26,6 +26,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from ..backbones import check_backbone_kwargs, list_backbones
+from ..errors import UserError
 from ..data.classification import ClassificationDataModule
 from ..data.detection_datamodule import CocoDetectionDataModule
 from ..data.geolocalization import GeolocalizationDataModule
@@ -120,7 +121,7 @@ class MobileVisionCLI(LightningCLI):
             raise BackboneChoiceError(str(e)) from None
 
 
-class BackboneChoiceError(ValueError):
+class BackboneChoiceError(UserError):
     """``--backbone`` / ``--model.init_args.{backbone,width,backbone_kwargs}`` name no registered backbone or a
     knob it does not have."""
 
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> MobileVisionCLI | int:
         with warnings.catch_warnings():  # args= is how this command passes its rewritten command line
             warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended", UserWarning)
             return MobileVisionCLI(task, args=args, parser_kwargs={"prog": "mobilevision train"})
-    except BackboneChoiceError as e:
+    except (UserError, OSError) as e:  # bad input: one line naming the file or option (a bug keeps its traceback)
         print(f"error: {e}", file=sys.stderr)
         return 2
 

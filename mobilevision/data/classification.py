@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from .finegrained import (
     BENCHMARK_DATASETS,
     BENCHMARK_NUM_CLASSES,
@@ -115,7 +116,7 @@ def randaugment_ops(num_ops: int = 2, fill: Sequence[float] = mean_fill(IMAGENET
 def _check_size(image_size: int) -> int:
     image_size = int(image_size)
     if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
+        raise UserError(f"image_size must be >= 8, got {image_size}")
     return image_size
 
 
@@ -133,7 +134,7 @@ def classification_eval_transforms(
     """
     image_size = _check_size(image_size)
     if not 0.0 < resize_ratio <= 1.0:
-        raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
+        raise UserError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
     resize = max(image_size, int(image_size / resize_ratio))
     ops = [A.SmallestMaxSize(max_size=resize), A.CenterCrop(image_size, image_size)]
     return ClassificationTransform(ops + normalize_ops(mean, std, to_tensor))
@@ -156,12 +157,12 @@ def classification_train_transforms(
     horizontal flip (for images whose left and right differ in meaning).
     """
     if augment not in CLASSIFICATION_AUGMENTS:
-        raise ValueError(f"augment must be one of {CLASSIFICATION_AUGMENTS}, got {augment!r}")
+        raise UserError(f"augment must be one of {CLASSIFICATION_AUGMENTS}, got {augment!r}")
     if augment == "none":
         return classification_eval_transforms(image_size, resize_ratio, mean=mean, std=std, to_tensor=to_tensor)
     image_size = _check_size(image_size)
     if not 0.0 < min_crop_scale <= 1.0:
-        raise ValueError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}")
+        raise UserError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}")
     ops: list[A.BasicTransform] = [
         A.RandomResizedCrop(size=(image_size, image_size), scale=(float(min_crop_scale), 1.0)),
         A.HorizontalFlip(p=0.5 if hflip else 0.0),
@@ -199,7 +200,7 @@ def scan_image_folder(folder: str | os.PathLike, class_names: Sequence[str] | No
     folder = os.fspath(folder)
     present = _class_folders(folder)
     if not present:
-        raise ValueError(f"{folder} has no class sub-folders (expected {folder}/<class>/<image files>)")
+        raise UserError(f"{folder} has no class sub-folders (expected {folder}/<class>/<image files>)")
     if class_names is None:
         class_names = present
     class_names = list(class_names)
@@ -209,7 +210,7 @@ def scan_image_folder(folder: str | os.PathLike, class_names: Sequence[str] | No
         shown = ", ".join(repr(c) for c in unknown[:10])
         if len(unknown) > 10:
             shown += f" (and {len(unknown) - 10} more)"
-        raise ValueError(
+        raise UserError(
             f"{folder}: class folder(s) {shown} are not among the {len(class_names)} training classes; "
             "labels must follow the training class -> index mapping, so every class needs training images"
         )
@@ -223,7 +224,7 @@ def scan_image_folder(folder: str | os.PathLike, class_names: Sequence[str] | No
         files += found
         labels += [index[c]] * len(found)
         if len(files) == n_before:
-            raise ValueError(f"class folder {class_dir} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise UserError(f"class folder {class_dir} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
     if skipped:
         logger.warning("%s: skipped %d non-image file(s) (e.g. %s)", folder, len(skipped), ", ".join(skipped[:3]))
     missing = sorted(set(class_names) - set(present))
@@ -257,12 +258,12 @@ class ClassificationDataset(Dataset):
 
     def __init__(self, samples: SplitSamples, transform: Any = None, *, cache_images: bool = False) -> None:
         if (samples.files is None) == (samples.images is None):
-            raise ValueError("SplitSamples needs exactly one of files / images")
+            raise UserError("SplitSamples needs exactly one of files / images")
         n = len(samples.files) if samples.files is not None else len(samples.images)
         if n != len(samples.labels):
-            raise ValueError(f"{samples.name}: {n} images but {len(samples.labels)} labels")
+            raise UserError(f"{samples.name}: {n} images but {len(samples.labels)} labels")
         if n == 0:
-            raise ValueError(f"{samples.name}: no images")
+            raise UserError(f"{samples.name}: no images")
         self.samples = samples
         self.files = samples.files
         self.labels = np.asarray(samples.labels, dtype=np.int64)
@@ -378,15 +379,15 @@ class ClassificationDataModule(SplitDataModule):
         super().__init__()
         self.save_hyperparameters()  # stored in checkpoints: mobilevision eval finds the data a model was trained on
         if dataset not in CLASSIFICATION_DATASETS:
-            raise ValueError(f"dataset must be one of {CLASSIFICATION_DATASETS}, got {dataset!r}")
+            raise UserError(f"dataset must be one of {CLASSIFICATION_DATASETS}, got {dataset!r}")
         if augment not in CLASSIFICATION_AUGMENTS:
-            raise ValueError(f"augment must be one of {CLASSIFICATION_AUGMENTS}, got {augment!r}")
+            raise UserError(f"augment must be one of {CLASSIFICATION_AUGMENTS}, got {augment!r}")
         if not 0.0 < resize_ratio <= 1.0:
-            raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
+            raise UserError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
         if not 0.0 < min_crop_scale <= 1.0:
-            raise ValueError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}")
+            raise UserError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}")
         if root is None and dataset not in ("glyphs",):
-            raise ValueError(f"dataset {dataset!r} needs root= (the folder holding the data)")
+            raise UserError(f"dataset {dataset!r} needs root= (the folder holding the data)")
         self.dataset = dataset
         self.root = embedded_root("glyphs", root) if dataset == "glyphs" else str(root)
         self.image_size = _check_size(image_size)
@@ -431,7 +432,7 @@ class ClassificationDataModule(SplitDataModule):
             elif self.dataset == "folder":
                 names = _class_folders(os.path.join(self.root, "train"))
                 if not names:
-                    raise ValueError(f"{os.path.join(self.root, 'train')} has no class sub-folders")
+                    raise UserError(f"{os.path.join(self.root, 'train')} has no class sub-folders")
                 self._class_names = names
             elif self.dataset in ("stanford_dogs", "cub200"):
                 self._class_names = benchmark_class_names(self.dataset, self.root)
@@ -451,7 +452,7 @@ class ClassificationDataModule(SplitDataModule):
                 expected = self.class_names  # what the model was built with
                 samples = scan_image_folder(folder)
                 if samples.class_names != expected:
-                    raise ValueError(
+                    raise UserError(
                         f"{folder}: class folders {samples.class_names[:5]}... differ from the expected "
                         f"{len(expected)} classes {expected[:5]}..."
                     )
@@ -461,7 +462,7 @@ class ClassificationDataModule(SplitDataModule):
         if split == "train" and self._class_names is None:
             self._class_names = list(samples.class_names)
         if list(samples.class_names) != self.class_names:
-            raise ValueError(f"{self.dataset}: the {split} split's classes differ from the training classes")
+            raise UserError(f"{self.dataset}: the {split} split's classes differ from the training classes")
         return samples
 
     # ----------------------------------------------------------------------------- lifecycle

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from ..errors import UserError
 from ..coco_format import read_coco
 from .image_io import ImageDecodeError, check_files_exist, check_image_headers, load_rgb_image
 
@@ -96,18 +97,18 @@ def training_categories(data: Mapping[str, Any], drop_empty: bool = False,
     if drop_empty:
         cats = [c for c in cats if counts[c["id"]]]
         if not cats:
-            raise ValueError(f"{name}: no category has annotations")
+            raise UserError(f"{name}: no category has annotations")
     return [{"id": c["id"], "name": c["name"]} for c in cats]
 
 
 def _image_path(images_dir: str, file_name: Any, where: str) -> str:
     """``images_dir`` joined with a relative ``file_name`` (``/`` or ``\\`` separators) that stays inside it."""
     if not isinstance(file_name, str) or not file_name.strip():
-        raise ValueError(f"{where} has no file_name")
+        raise UserError(f"{where} has no file_name")
     rel = file_name.replace("\\", "/")
     norm = posixpath.normpath(rel)
     if rel.startswith("/") or re.match(r"[A-Za-z]:", rel) or norm == ".." or norm.startswith("../"):
-        raise ValueError(f"{where}: file_name {file_name!r} points outside the image folder {images_dir} "
+        raise UserError(f"{where}: file_name {file_name!r} points outside the image folder {images_dir} "
                          "(file names must be relative to it: no absolute paths, no '..')")
     return os.path.join(images_dir, *norm.split("/"))
 
@@ -220,7 +221,7 @@ class CocoDetection(torch.utils.data.Dataset):
         key = "name" if all(c["name"] is not None for c in label_set) else "id"  # ids: checkpoints without names
         index = {c[key]: c for c in label_set}
         if not label_set or len(index) != len(label_set) or len({c["id"] for c in label_set}) != len(label_set):
-            raise ValueError(f"label set with repeated or no categories: {label_set}")
+            raise UserError(f"label set with repeated or no categories: {label_set}")
         counts = Counter(a["category_id"] for a in data["annotations"])
         to_set: dict[int, int] = {}  # file id -> label-set id
         others = []
@@ -234,7 +235,7 @@ class CocoDetection(torch.utils.data.Dataset):
             what = ", ".join(f"{c['name']!r} (id {c['id']}, {counts[c['id']]} annotations)" for c in others)
             if not skip_other:
                 known = ", ".join(repr(c[key]) for c in label_set)
-                raise ValueError(f"{self._name}: categories {what} are not training categories (the classes are "
+                raise UserError(f"{self._name}: categories {what} are not training categories (the classes are "
                                  f"{known}); categories are matched by {key}")
             logger.warning("%s: left out the annotations of %s: not training categories", self._name, what)
         for c in label_set:

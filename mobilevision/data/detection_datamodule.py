@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from ..coco_format import read_coco
 from .coco import CocoDetection, training_categories
 from ._datamodule import SplitDataModule
@@ -125,12 +127,12 @@ class CocoDetectionDataModule(SplitDataModule):
         self.collate_fn = detection_collate
         paths = (train_images, train_annotations, val_images, val_annotations)
         if any(p is not None for p in paths) and not all(p is not None for p in paths):
-            raise ValueError(
+            raise UserError(
                 "give all of train_images, train_annotations, val_images, val_annotations "
                 "(or none of them to use the embedded shapes dataset)"
             )
         if augment not in AUGMENT_POLICIES:
-            raise ValueError(f"augment must be one of {AUGMENT_POLICIES}, got {augment!r}")
+            raise UserError(f"augment must be one of {AUGMENT_POLICIES}, got {augment!r}")
         self.use_shapes = train_images is None
         if self.use_shapes:
             p = shapes_paths(shapes_root)
@@ -170,17 +172,30 @@ class CocoDetectionDataModule(SplitDataModule):
                 self._categories = sorted(({"id": c["id"], "name": c["name"]} for c in SHAPES_CATEGORIES),
                                           key=lambda c: c["id"])
             else:
+                self._check_paths(("train_images", "train_annotations"))
                 self._train_coco = read_coco(self.train_annotations)
                 self._categories = training_categories(self._train_coco, self.drop_empty_categories,
                                                        self.train_annotations)
         return self._categories
+
+    def _check_paths(self, names: Sequence[str]) -> None:
+        """One error naming every missing folder / file of ``names`` (and, for the COCO recipes' default paths,
+        the page on preparing COCO) before anything is read."""
+        missing = [f"{n}={getattr(self, n)}" for n in names if not os.path.exists(getattr(self, n))]
+        if not missing:
+            return
+        hint = ("COCO 2017 goes under datasets/coco/ as described in datasets/coco/README.md of the mobilevision "
+                "repository" if any("datasets/coco" in m.replace(os.sep, "/") for m in missing) else
+                "give your COCO-format export with --data.init_args.train_images / train_annotations / val_images / "
+                "val_annotations")
+        raise FileNotFoundError(f"detection data not found (relative to {os.getcwd()}): {', '.join(missing)}; {hint}")
 
     def use_categories(self, label_to_category_id: list[int], category_names: list[str] | None = None) -> None:
         """Use a model's classes (a checkpoint's ``label_to_category_id`` and ``category_names``) instead of
         the training file's; the validation categories are matched to them by name (by id without names)."""
         names = list(category_names) if category_names else [None] * len(label_to_category_id)
         if len(names) != len(label_to_category_id):
-            raise ValueError(f"{len(label_to_category_id)} category ids but {len(names)} category names")
+            raise UserError(f"{len(label_to_category_id)} category ids but {len(names)} category names")
         self._categories = [{"id": int(i), "name": n} for i, n in zip(label_to_category_id, names)]
         self.train_dataset = self.val_dataset = self.predict_dataset = None
 
@@ -228,6 +243,8 @@ class CocoDetectionDataModule(SplitDataModule):
             )
         self._train_coco = None
         if stage in (None, "fit", "validate", "test", "predict") and self.val_dataset is None:
+            if not self.use_shapes:
+                self._check_paths(("val_images", "val_annotations"))
             self.val_dataset = CocoDetection(
                 self.val_images,
                 self.val_annotations,

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
 from .image_io import check_files_exist
 
 __all__ = [
@@ -80,7 +81,7 @@ class SplitSamples:
 
 def _require_root(name: str, root: str | os.PathLike | None) -> str:
     if root is None:
-        raise ValueError(f"dataset {name!r} needs root= (the folder holding the data)")
+        raise UserError(f"dataset {name!r} needs root= (the folder holding the data)")
     return os.fspath(root)
 
 
@@ -123,14 +124,14 @@ def _read_dogs_list(path: str) -> tuple[list[str], np.ndarray | None]:
         try:
             mat = scipy.io.loadmat(path, squeeze_me=True)
         except Exception as e:  # scipy raises various errors for malformed files
-            raise ValueError(f"cannot read Stanford Dogs list {path}: {type(e).__name__}: {e}") from e
+            raise UserError(f"cannot read Stanford Dogs list {path}: {type(e).__name__}: {e}") from e
         if "file_list" not in mat:
             keys = sorted(k for k in mat if not k.startswith("__"))
-            raise ValueError(f"{path}: no 'file_list' variable (keys: {keys})")
+            raise UserError(f"{path}: no 'file_list' variable (keys: {keys})")
         files = [str(f).strip() for f in np.atleast_1d(mat["file_list"]).ravel()]
         labels = np.atleast_1d(mat["labels"]).ravel().astype(np.int64) if "labels" in mat else None
         if labels is not None and len(labels) != len(files):
-            raise ValueError(f"{path}: {len(files)} files but {len(labels)} labels")
+            raise UserError(f"{path}: {len(files)} files but {len(labels)} labels")
         return files, labels
     files = []
     with open(path) as f:
@@ -145,18 +146,18 @@ def _dogs_split(root: str, split: str, class_folders: list[str] | None) -> tuple
     list_file = _dogs_list_file(root, split)
     rel, official = _read_dogs_list(list_file)
     if not rel:
-        raise ValueError(f"Stanford Dogs list {list_file} is empty")
+        raise UserError(f"Stanford Dogs list {list_file} is empty")
     rel = [r.replace("\\", "/").removeprefix("Images/") for r in rel]
     bad = [r for r in rel if "/" not in r]
     if bad:
-        raise ValueError(f"{list_file}: entries must be '<breed folder>/<file>', got e.g. {bad[0]!r}")
+        raise UserError(f"{list_file}: entries must be '<breed folder>/<file>', got e.g. {bad[0]!r}")
     folders = [r.split("/", 1)[0] for r in rel]
     if class_folders is None:
         class_folders = sorted(set(folders))
     index = {c: i for i, c in enumerate(class_folders)}
     unknown = sorted(set(folders) - set(index))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"Stanford Dogs: {list_file} has classes that are not in the training list: {unknown[:5]}"
             + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
         )
@@ -169,7 +170,7 @@ def _dogs_split(root: str, split: str, class_folders: list[str] | None) -> tuple
             k = owner.setdefault(lab, i)
             if official[j] != lab or folders[k] != folder:
                 other = j if official[j] != lab else k
-                raise ValueError(
+                raise UserError(
                     f"Stanford Dogs: {list_file} is inconsistent: {rel[other]} has label {int(official[other])} "
                     f"but {rel[i]} has label {lab} (labels must match the breed folders one-to-one)"
                 )
@@ -210,7 +211,7 @@ def _read_id_table(path: str) -> dict[int, str]:
             try:
                 table[int(key)] = value.strip()
             except ValueError:
-                raise ValueError(f"{path}:{n}: expected '<id> <value>', got {line!r}") from None
+                raise UserError(f"{path}:{n}: expected '<id> <value>', got {line!r}") from None
     return table
 
 
@@ -232,7 +233,7 @@ def _cub_split(root: str, split: str) -> tuple[list[str], np.ndarray, list[str]]
     files, out = [], []
     for image_id in sorted(images):
         if image_id not in labels or image_id not in is_train:
-            raise ValueError(
+            raise UserError(
                 f"CUB-200-2011: image id {image_id} ({images[image_id]}) is missing from "
                 + ("image_class_labels.txt" if image_id not in labels else "train_test_split.txt")
             )
@@ -240,11 +241,11 @@ def _cub_split(root: str, split: str) -> tuple[list[str], np.ndarray, list[str]]
             continue
         cls = int(labels[image_id])
         if cls not in class_index:
-            raise ValueError(f"CUB-200-2011: image id {image_id} has class id {cls}, which is not in classes.txt")
+            raise UserError(f"CUB-200-2011: image id {image_id} has class id {cls}, which is not in classes.txt")
         files.append(os.path.join(root, "images", *images[image_id].split("/")))
         out.append(class_index[cls])
     if not files:
-        raise ValueError(f"CUB-200-2011: no {split} images in {os.path.join(root, 'train_test_split.txt')}")
+        raise UserError(f"CUB-200-2011: no {split} images in {os.path.join(root, 'train_test_split.txt')}")
     return files, np.array(out, dtype=np.int64), names
 
 
@@ -339,7 +340,7 @@ def _torchvision_split(name: str, root: str, split: str) -> SplitSamples:
         classes = [str(i) for i in range(n)]
     labels_arr = np.asarray(labels, dtype=np.int64)
     if len(labels_arr) and (labels_arr.min() < 0 or labels_arr.max() >= n):
-        raise ValueError(f"{name}: labels outside 0..{n - 1} in {root}")
+        raise UserError(f"{name}: labels outside 0..{n - 1} in {root}")
     if arrays:
         return SplitSamples(classes, labels_arr, images=np.concatenate(arrays), name=f"{name}/{split}")
     return SplitSamples(classes, labels_arr, files=files, name=f"{name}/{split}")
@@ -353,9 +354,9 @@ def _torchvision_split(name: str, root: str, split: str) -> SplitSamples:
 def load_benchmark_split(name: str, root: str | os.PathLike | None, split: str) -> SplitSamples:
     """Files / arrays, labels and class names of ``split`` ("train" or "val") of benchmark ``name``."""
     if name not in BENCHMARK_NUM_CLASSES:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {BENCHMARK_DATASETS}")
+        raise UserError(f"unknown benchmark {name!r}; choose one of {BENCHMARK_DATASETS}")
     if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        raise UserError(f"split must be 'train' or 'val', got {split!r}")
     root = _require_root(name, root)
     if name == "stanford_dogs":
         train_folders = _dogs_split(root, "train", None)[2] if split == "val" else None
@@ -374,7 +375,7 @@ def load_benchmark_split(name: str, root: str | os.PathLike | None, split: str) 
 def benchmark_class_names(name: str, root: str | os.PathLike | None) -> list[str]:
     """Class names (label order) read from the dataset's metadata (raises if the data is missing)."""
     if name not in BENCHMARK_NUM_CLASSES:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {BENCHMARK_DATASETS}")
+        raise UserError(f"unknown benchmark {name!r}; choose one of {BENCHMARK_DATASETS}")
     root = _require_root(name, root)
     if name == "stanford_dogs":
         return [_dogs_name(c) for c in _dogs_split(root, "train", None)[2]]

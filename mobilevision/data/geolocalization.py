@@ -37,6 +37,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from ..geo.cells import CellPartition, build_partition
 from ._datamodule import SplitDataModule
 from ._generated import embedded_root
@@ -96,10 +97,10 @@ def _rows(path: str):
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
-            raise ValueError(f"{path}: empty file (expected a header {','.join(REQUIRED_COLUMNS)})")
+            raise UserError(f"{path}: empty file (expected a header {','.join(REQUIRED_COLUMNS)})")
         missing = [c for c in REQUIRED_COLUMNS if c not in reader.fieldnames]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; the header is "
+            raise UserError(f"{path}: missing column(s) {', '.join(missing)}; the header is "
                              f"{','.join(reader.fieldnames)} (expected {','.join(REQUIRED_COLUMNS)})")
         for record in reader:
             yield reader.line_num, record
@@ -108,7 +109,7 @@ def _rows(path: str):
 def _parse(record: dict[str, Any]) -> tuple[str, float, float]:
     missing = [c for c in REQUIRED_COLUMNS if record.get(c) in (None, "")]
     if missing:
-        raise ValueError(f"no {', '.join(missing)}")
+        raise UserError(f"no {', '.join(missing)}")
     image_path = str(record["image_path"]).strip()
     values = []
     for name, limit in (("latitude", 90.0), ("longitude", 180.0)):
@@ -116,9 +117,9 @@ def _parse(record: dict[str, Any]) -> tuple[str, float, float]:
         try:
             value = float(raw)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} {raw!r} is not a number") from None
+            raise UserError(f"{name} {raw!r} is not a number") from None
         if not math.isfinite(value) or abs(value) > limit:
-            raise ValueError(f"{name} {raw} outside [-{limit:g}, {limit:g}]")
+            raise UserError(f"{name} {raw} outside [-{limit:g}, {limit:g}]")
         values.append(value)
     return image_path, values[0], values[1]
 
@@ -136,7 +137,7 @@ def read_geotagged_list(path: str | os.PathLike, image_root: str | os.PathLike |
     """Read a CSV / JSONL list of geotagged photos (see the module docstring for the format and bad rows)."""
     path = os.fspath(path)
     if bad_rows not in ("error", "skip"):
-        raise ValueError(f"bad_rows must be 'error' or 'skip', got {bad_rows!r}")
+        raise UserError(f"bad_rows must be 'error' or 'skip', got {bad_rows!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"geotagged photo list not found: {path}")
     root = os.fspath(image_root) if image_root is not None else os.path.dirname(os.path.abspath(path))
@@ -146,7 +147,7 @@ def read_geotagged_list(path: str | os.PathLike, image_root: str | os.PathLike |
 
     def bad(reason: str, message: str) -> None:
         if bad_rows == "error":
-            raise ValueError(message)
+            raise UserError(message)
         skipped[reason] += 1
         if len(examples) < 3:
             examples.append(message)
@@ -190,7 +191,7 @@ def read_geotagged_list(path: str | os.PathLike, image_root: str | os.PathLike |
         logger.warning("%s: skipped %d row(s) (%s), e.g. %s", path, sum(skipped.values()),
                        ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())), " | ".join(examples))
     if len(samples) == 0:
-        raise ValueError(f"{path}: no usable photos" + (f" (skipped {dict(skipped)})" if skipped else ""))
+        raise UserError(f"{path}: no usable photos" + (f" (skipped {dict(skipped)})" if skipped else ""))
     return samples
 
 
@@ -201,7 +202,7 @@ class GeoImageDataset(Dataset):
     def __init__(self, samples: GeoSamples, cells: np.ndarray, transform: Any = None, *,
                  cache_images: bool = False) -> None:
         if len(cells) != len(samples):
-            raise ValueError(f"{samples.source}: {len(samples)} photos but {len(cells)} cell labels")
+            raise UserError(f"{samples.source}: {len(samples)} photos but {len(cells)} cell labels")
         self.samples = samples
         self.cells = np.asarray(cells, dtype=np.int64)
         self.coords = torch.from_numpy(np.stack([samples.latitude, samples.longitude], 1))
@@ -283,13 +284,13 @@ class GeolocalizationDataModule(SplitDataModule):
         super().__init__()
         self.save_hyperparameters()  # stored in checkpoints: mobilevision eval finds the data a model was trained on
         if dataset not in GEO_DATASETS:
-            raise ValueError(f"dataset must be one of {GEO_DATASETS}, got {dataset!r}")
+            raise UserError(f"dataset must be one of {GEO_DATASETS}, got {dataset!r}")
         if augment not in CLASSIFICATION_AUGMENTS:
-            raise ValueError(f"augment must be one of {CLASSIFICATION_AUGMENTS}, got {augment!r}")
+            raise UserError(f"augment must be one of {CLASSIFICATION_AUGMENTS}, got {augment!r}")
         if bad_rows not in ("error", "skip"):
-            raise ValueError(f"bad_rows must be 'error' or 'skip', got {bad_rows!r}")
+            raise UserError(f"bad_rows must be 'error' or 'skip', got {bad_rows!r}")
         if dataset == "files" and (train_file is None or val_file is None):
-            raise ValueError("dataset 'files' needs train_file= and val_file= (CSV / JSONL lists of "
+            raise UserError("dataset 'files' needs train_file= and val_file= (CSV / JSONL lists of "
                              "image_path, latitude, longitude)")
         self.dataset = dataset
         if dataset == "geoscenes":

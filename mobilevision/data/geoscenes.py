@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import UserError
 from ..geo.cities import load_cities
 from ..geo.distance import EARTH_RADIUS_KM
 from . import shapes as _shapes
@@ -512,7 +513,7 @@ def ensure_geoscenes_dataset(
     """
     root = Path(embedded_root("geoscenes", root))
     if num_train < 1 or num_val < 1:
-        raise ValueError(f"need at least one image per split, got num_train={num_train}, num_val={num_val}")
+        raise UserError(f"need at least one image per split, got num_train={num_train}, num_val={num_val}")
     params = _params(num_train, num_val, image_size, seed, jpeg_quality)
 
     def render(tmp: Path) -> None:

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import UserError
 from . import shapes as _shapes
 from ._generated import build_generated_dataset, embedded_root, folder_holds, manifest_matches
 
@@ -207,7 +208,7 @@ def render_glyph_image(
         flat_background: a single flat background colour.
     """
     if species not in GLYPH_TRAITS:
-        raise ValueError(f"unknown glyph species {species!r}; choose one of {GLYPH_CLASSES}")
+        raise UserError(f"unknown glyph species {species!r}; choose one of {GLYPH_CLASSES}")
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     size = int(image_size)
@@ -362,7 +363,7 @@ def ensure_glyphs_dataset(
     """
     root = Path(embedded_root("glyphs", root))
     if num_train_per_class < 1 or num_val_per_class < 1:
-        raise ValueError(
+        raise UserError(
             f"need at least one image per class and split, got num_train_per_class={num_train_per_class}, "
             f"num_val_per_class={num_val_per_class}"
         )

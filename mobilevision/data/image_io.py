@@ -35,6 +35,8 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps
 
+from ..errors import ImageDecodeError, UserError
+
 pillow_heif.register_heif_opener()  # .heic / .heif; Pillow reads .avif itself
 
 
@@ -47,7 +49,7 @@ def _max_image_pixels() -> int | None:
     try:
         return int(float(value))
     except ValueError:
-        raise ValueError(f"MOBILEVISION_MAX_IMAGE_PIXELS must be a number of pixels or 'none', got {value!r}") from None
+        raise UserError(f"MOBILEVISION_MAX_IMAGE_PIXELS must be a number of pixels or 'none', got {value!r}") from None
 
 
 Image.MAX_IMAGE_PIXELS = _max_image_pixels()
@@ -62,10 +64,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 _EXIF_ORIENTATION = 0x0112
 #: EXIF orientations 5-8 swap width and height.
 TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
-
-
-class ImageDecodeError(OSError):
-    """An image file exists but cannot be decoded."""
 
 
 def is_hidden(name: str) -> bool:

@@ -45,6 +45,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from ..evaluation.segmentation import IGNORE_INDEX, MASK_EXTENSIONS, read_index_mask
 from ._datamodule import SplitDataModule
 from ._generated import embedded_root
@@ -176,13 +177,13 @@ def _color_labels(path: str, colors: dict[tuple[int, int, int], int]) -> np.ndar
                 return np.asarray(img).astype(np.int64)
             rgb = np.asarray(img.convert("RGB")).astype(np.int32)
     except OSError as e:
-        raise ValueError(f"cannot read mask {path}: {e}") from e
+        raise UserError(f"cannot read mask {path}: {e}") from e
     codes, inverse = np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], return_inverse=True)
     table = np.array([colors.get((int(c) >> 16, (int(c) >> 8) & 255, int(c) & 255), -1) for c in codes], np.int64)
     unknown = [(int(c) >> 16, (int(c) >> 8) & 255, int(c) & 255) for c in codes[table < 0]]
     if unknown:
         shown = ", ".join(f"({r}, {g}, {b})" for r, g, b in unknown[:4])
-        raise ValueError(f"{path}: colour(s) {shown} are not in the label map (known: "
+        raise UserError(f"{path}: colour(s) {shown} are not in the label map (known: "
                          f"{', '.join(str(c) for c in list(colors)[:8])}{' ...' if len(colors) > 8 else ''})")
     return table[inverse.reshape(rgb.shape[:2])]
 
@@ -297,10 +298,10 @@ def check_samples(samples: SegmentationSamples, num_classes: int, skip_bad: bool
                        _few(messages))
         samples = samples.subset([i for i in range(len(samples)) if i not in problems])
     if not len(samples):
-        raise ValueError(f"{samples.name}: no usable samples")
+        raise UserError(f"{samples.name}: no usable samples")
     if samples.check_labels and samples.lut is None and samples.colors is None and present <= {0, IGNORE_INDEX} \
             and IGNORE_INDEX in present:
-        raise ValueError(f"{samples.name}: the masks hold only the values 0 and {IGNORE_INDEX}, and {IGNORE_INDEX} is "
+        raise UserError(f"{samples.name}: the masks hold only the values 0 and {IGNORE_INDEX}, and {IGNORE_INDEX} is "
                          "the ignore index: nothing but class 0 would be learned. Binary masks saved as 0 / 255? Pass "
                          "binary_masks=True (0 -> class 0, 255 -> class 1), or save the masks as 0 / 1")
     return samples
@@ -317,7 +318,7 @@ def _walk(folder: str, keep: Any) -> dict[str, str]:
     for path in walk_files(folder, keep):
         stem = Path(os.path.relpath(path, folder)).with_suffix("").as_posix()
         if stem in found:
-            raise ValueError(f"{folder}: two files named {stem!r} ({found[stem]}, {path}): cannot tell which "
+            raise UserError(f"{folder}: two files named {stem!r} ({found[stem]}, {path}): cannot tell which "
                              "one a mask belongs to")
         found[stem] = path
     return found
@@ -367,13 +368,13 @@ def read_cvat_labelmap(path: str) -> tuple[list[str], dict[tuple[int, int, int],
         except (IndexError, ValueError):
             rgb = ()
         if len(rgb) != 3:
-            raise ValueError(f"{path}: cannot read the line {line!r} (expected name:r,g,b::)")
+            raise UserError(f"{path}: cannot read the line {line!r} (expected name:r,g,b::)")
         if rgb in colors:
-            raise ValueError(f"{path}: {fields[0]!r} and {names[colors[rgb]]!r} have the same colour {rgb}")
+            raise UserError(f"{path}: {fields[0]!r} and {names[colors[rgb]]!r} have the same colour {rgb}")
         colors[rgb] = len(names)
         names.append(fields[0].strip())
     if not names:
-        raise ValueError(f"{path} lists no labels")
+        raise UserError(f"{path} lists no labels")
     colors.setdefault(_VOC_VOID_COLOR, IGNORE_INDEX)
     return names, colors
 
@@ -386,9 +387,9 @@ def read_roboflow_classes(path: str) -> tuple[list[str], np.ndarray]:
     try:
         pairs = sorted((int(r[0]), r[1]) for r in rows[1:])
     except (IndexError, ValueError) as e:
-        raise ValueError(f"{path}: expected the columns 'Pixel Value, Class' ({e})") from e
+        raise UserError(f"{path}: expected the columns 'Pixel Value, Class' ({e})") from e
     if not pairs or len({v for v, _ in pairs}) != len(pairs) or not 0 <= pairs[0][0] <= pairs[-1][0] < 255:
-        raise ValueError(f"{path}: pixel values must be distinct, in 0..254 (got {[v for v, _ in pairs]})")
+        raise UserError(f"{path}: pixel values must be distinct, in 0..254 (got {[v for v, _ in pairs]})")
     lut = np.full(256, -1, dtype=np.int64)
     lut[IGNORE_INDEX] = IGNORE_INDEX
     for label, (value, _) in enumerate(pairs):
@@ -558,7 +559,7 @@ def segmentation_train_transforms(
     ``crop_size`` square crop, horizontal (and optionally vertical) flip, light colour jitter (p 0.5), normalize.  ``to_tensor=False`` stops
     before the normalization (uint8 output, for inspection and tests)."""
     if not 0 < scale_min <= scale_max:
-        raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
+        raise UserError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
     fill = mean_fill(mean)
     ops: list[A.BasicTransform] = []
     if (scale_min, scale_max) != (1.0, 1.0):
@@ -612,14 +613,14 @@ class SegmentationDataset(Dataset):
                  cache_images: bool = False, check: bool = True) -> None:
         self.num_classes = int(num_classes if num_classes is not None else len(samples.class_names))
         if not 1 <= self.num_classes <= IGNORE_INDEX:
-            raise ValueError(f"{samples.name}: {self.num_classes} classes; 1..{IGNORE_INDEX} supported "
+            raise UserError(f"{samples.name}: {self.num_classes} classes; 1..{IGNORE_INDEX} supported "
                              f"({IGNORE_INDEX} is the ignore index)")
         n = len(samples)
         self.samples = check_samples(samples, self.num_classes, skip_bad) if check else samples
         if train and transform is None:
-            raise ValueError("a training dataset needs a transform (segmentation_train_transforms)")
+            raise UserError("a training dataset needs a transform (segmentation_train_transforms)")
         if train and any(m is None for m in self.samples.masks):
-            raise ValueError(f"{samples.name}: training needs a mask for every image")
+            raise UserError(f"{samples.name}: training needs a mask for every image")
         self.transform = transform if transform is not None else segmentation_eval_transforms()
         self.train = bool(train)
         self.skip_bad = bool(skip_bad)
@@ -646,7 +647,7 @@ class SegmentationDataset(Dataset):
             problem = str(e)
         if problem is not None:
             if not self.skip_bad:
-                raise ValueError(f"{problem} (skip_bad=True ignores such masks)")
+                raise UserError(f"{problem} (skip_bad=True ignores such masks)")
             logger.warning("%s; ignoring the mask (skip_bad)", problem)
             labels = np.full(image.shape[:2], IGNORE_INDEX)
         return image, labels.astype(np.uint8)
@@ -790,17 +791,17 @@ class SegmentationDataModule(SplitDataModule):
         self.save_hyperparameters()  # stored in checkpoints: mobilevision eval finds the data a model was trained on
         self.collate_fn = segmentation_collate
         if dataset not in SEGMENTATION_DATASETS:
-            raise ValueError(f"dataset must be one of {SEGMENTATION_DATASETS}, got {dataset!r}")
+            raise UserError(f"dataset must be one of {SEGMENTATION_DATASETS}, got {dataset!r}")
         folders = (train_images, train_masks, val_images, val_masks)
         if dataset != "folder" and any(f is not None for f in folders):
-            raise ValueError("train_images / train_masks / val_images / val_masks are for dataset='folder'")
+            raise UserError("train_images / train_masks / val_images / val_masks are for dataset='folder'")
         if root is None and (dataset not in ("shapes", "folder")
                              or dataset == "folder" and not all(f is not None for f in folders)):
-            raise ValueError(f"dataset {dataset!r} needs root= (the folder holding the data)")
+            raise UserError(f"dataset {dataset!r} needs root= (the folder holding the data)")
         if int(crop_size) < 8:
-            raise ValueError(f"crop_size must be >= 8, got {crop_size}")
+            raise UserError(f"crop_size must be >= 8, got {crop_size}")
         if not 0 < scale_min <= scale_max:
-            raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
+            raise UserError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
         self.dataset = dataset
         self.root = root
         self.folders = dict(zip(("train_images", "train_masks", "val_images", "val_masks"), folders))
@@ -818,7 +819,7 @@ class SegmentationDataModule(SplitDataModule):
         self.voc_sbd, self.sbd_root = bool(voc_sbd), sbd_root
         self.skip_bad, self.cache_images = bool(skip_bad), bool(cache_images)
         if binary_masks and dataset != "folder":
-            raise ValueError("binary_masks is for dataset='folder' (masks of 0 and 255)")
+            raise UserError("binary_masks is for dataset='folder' (masks of 0 and 255)")
         self.binary_masks = bool(binary_masks)
         self.predict_images = predict_images
         self.shapes_root = embedded_root("shapes", shapes_root)
@@ -864,14 +865,14 @@ class SegmentationDataModule(SplitDataModule):
             elif n is not None:
                 names = [str(i) for i in range(int(n))]
             else:
-                raise ValueError(f"{self.root}: no label map, _classes.csv or classes.txt (one class name per line) "
+                raise UserError(f"{self.root}: no label map, _classes.csv or classes.txt (one class name per line) "
                                  "to name the classes; pass class_names= (or num_classes=)")
         elif given is not None and list(given) != list(names):
-            raise ValueError(f"class_names {given} differ from the {len(names)} classes of {layout['from']}: {names}")
+            raise UserError(f"class_names {given} differ from the {len(names)} classes of {layout['from']}: {names}")
         if n is not None and int(n) != len(names):
-            raise ValueError(f"num_classes={n} but {layout.get('from', 'class_names')} has {len(names)} classes")
+            raise UserError(f"num_classes={n} but {layout.get('from', 'class_names')} has {len(names)} classes")
         if not 2 <= len(names) <= IGNORE_INDEX:
-            raise ValueError(f"{len(names)} classes: segmentation needs 2..{IGNORE_INDEX} ({IGNORE_INDEX} is the "
+            raise UserError(f"{len(names)} classes: segmentation needs 2..{IGNORE_INDEX} ({IGNORE_INDEX} is the "
                              "ignore index)")
         layout["class_names"] = list(names)
         self._layout = layout
@@ -935,7 +936,7 @@ class SegmentationDataModule(SplitDataModule):
             raise FileNotFoundError(f"{self.root}: no {images} (unknown layout). {_FOLDER_LAYOUTS_HELP}")
         if self.binary_masks:  # 0 / 255 (or 0 / 1) masks: two classes, nothing ignored
             if len(names) != 2:
-                raise ValueError(f"binary_masks=True needs 2 classes (background, object), got {names}")
+                raise UserError(f"binary_masks=True needs 2 classes (background, object), got {names}")
             lut = np.full(256, -1, dtype=np.int64)
             lut[0], lut[1], lut[IGNORE_INDEX] = 0, 1, 1
             return pair_by_stem(images, masks, names, f"{images}", lut=lut, check_labels=True)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import UserError
 from ._generated import build_generated_dataset, embedded_root, folder_holds, manifest_matches
 from .image_io import save_index_mask
 
@@ -130,7 +131,7 @@ def _shape_polygon(name: str, extent: float, aspect: float, angle: float) -> np.
             dtype=np.float64,
         )
     else:  # pragma: no cover - guarded by SHAPES_CATEGORIES
-        raise ValueError(f"unknown shape {name!r}")
+        raise UserError(f"unknown shape {name!r}")
     pts = pts * np.array([1.0, aspect])
     return _rot(pts, angle)
 
@@ -379,7 +380,7 @@ def generate_shapes_split(
     """Render ``num_images`` images of ``split`` into ``out_dir`` and write the COCO json; with ``mask_dir``, also
     the index masks (``000001.png``, ...: 0 background, 1..5 ``SHAPES_CATEGORIES`` in order, VOC palette)."""
     if split not in _SPLIT_IDS:
-        raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
+        raise UserError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if mask_dir is not None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from .image_io import IMAGE_EXTENSIONS, ImageDecodeError, is_hidden, is_image_file, load_rgb_image, walk_files
 
 __all__ = ["VIDEO_EXTENSIONS", "SourceFile", "SourceItem", "VideoInfo", "is_video_file", "iter_frames",
@@ -146,7 +147,7 @@ def resolve_sources(sources: Sequence[str | os.PathLike],
         files.append(SourceFile(path, name, is_video_file(path.name)))
     if not files:
         shown = ", ".join(map(os.fspath, sources))
-        raise ValueError(f"no image or video to predict on in {shown} (images: {', '.join(IMAGE_EXTENSIONS)}; "
+        raise UserError(f"no image or video to predict on in {shown} (images: {', '.join(IMAGE_EXTENSIONS)}; "
                          f"videos: {', '.join(VIDEO_EXTENSIONS)})")
     return _with_unique_stems(files)
 
@@ -188,25 +189,40 @@ def probe_video(path: str | os.PathLike) -> VideoInfo | None:
 
 def iter_frames(path: str | os.PathLike, stride: int = 1) -> Iterator[tuple[int, np.ndarray]]:
     """``(frame index, RGB uint8 frame)`` of every ``stride``-th frame (0, stride, 2 stride, ...), streamed: skipped
-    frames are only grabbed, not decoded into arrays. Raises ``ImageDecodeError`` when the video cannot be opened."""
+    frames are only grabbed, not decoded into arrays. Raises ``ImageDecodeError`` naming the file when the video
+    cannot be opened or OpenCV fails on a frame (the frames before it have been given)."""
     import cv2
 
     if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    cap = cv2.VideoCapture(os.fspath(path))
+        raise UserError(f"stride must be >= 1, got {stride}")
+    index, cap = 0, None
     try:
+        cap = cv2.VideoCapture(os.fspath(path))
         if not cap.isOpened():
             raise ImageDecodeError(f"cannot open video {path} with OpenCV")
-        index = 0
         while cap.grab():
             if index % stride == 0:
                 ok, frame = cap.retrieve()
                 if not ok:
                     break
-                yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                yield index, _frame_to_rgb(frame)
             index += 1
+    except cv2.error as e:  # a damaged stream: named, with the frame, never a crash of the whole run
+        raise ImageDecodeError(f"cannot decode video {path} at frame {index}: OpenCV: {str(e).strip()}") from e
     finally:
-        cap.release()
+        if cap is not None:
+            cap.release()
+
+
+def _frame_to_rgb(frame: np.ndarray) -> np.ndarray:
+    """An OpenCV frame (BGR, BGRA or one channel) as RGB uint8."""
+    import cv2
+
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
 def iter_sources(files: Sequence[SourceFile], vid_stride: int = 1) -> Iterator[SourceItem]:

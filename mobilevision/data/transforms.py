@@ -40,6 +40,8 @@ from albumentations.augmentations.crops import functional as fcrops  # noqa: E40
 from albumentations.augmentations.crops.transforms import BaseCrop  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
+from ..errors import UserError
+
 __all__ = [
     "AUGMENT_POLICIES",
     "IMAGENET_MEAN",
@@ -188,7 +190,7 @@ class ZoomOut(A.DualTransform):
     ) -> None:
         super().__init__(p=p)
         if max_scale < 1.0:
-            raise ValueError(f"max_scale must be >= 1, got {max_scale}")
+            raise UserError(f"max_scale must be >= 1, got {max_scale}")
         self.max_scale = float(max_scale)
         self.fill = fill
 
@@ -316,7 +318,7 @@ def train_transforms(
     ``to_tensor=False`` stops after the resize (uint8 HxWx3 output), for inspection and tests.
     """
     if augment not in AUGMENT_POLICIES:
-        raise ValueError(f"augment must be one of {AUGMENT_POLICIES}, got {augment!r}")
+        raise UserError(f"augment must be one of {AUGMENT_POLICIES}, got {augment!r}")
     ops: list[A.BasicTransform] = []
     if augment == "ssd":
         if photometric:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from pytorch_lightning import LightningDataModule
 
+from ..errors import UserError
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .predictor import Predictor
 
@@ -36,7 +37,7 @@ def datamodule_of(task, ckpt: dict[str, Any], batch_size: int = 32) -> Lightning
     from .graph import task_kind
 
     if not ckpt.get("datamodule_hyper_parameters"):
-        raise ValueError("the checkpoint records no data module (trained outside `mobilevision train`?): "
+        raise UserError("the checkpoint records no data module (trained outside `mobilevision train`?): "
                          "no validation data to measure accuracy on")
     args = checkpoint_data_args(ckpt, batch_size, num_workers=0)
     kind = task_kind(task)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .graph import deployable, metadata_of
 
 __all__ = ["METADATA_KEY", "OnnxModel", "append_nms", "export_onnx", "read_metadata"]
@@ -162,10 +163,10 @@ def export_onnx(task: nn.Module, output: str | os.PathLike, *, ckpt: dict[str, A
     opset = opset or DEFAULT_OPSET
     dynamic = batch == "dynamic"
     if not dynamic and (not str(batch).isdigit() or int(batch) < 1):
-        raise ValueError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
+        raise UserError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
     meta = metadata_of(task, ckpt)
     if nms and meta["task"] != "detection":
-        raise ValueError(f"nms is for detection models; this checkpoint is {meta['task']}")
+        raise UserError(f"nms is for detection models; this checkpoint is {meta['task']}")
     network, decoder = deployable(task)
     h, w = meta["image_size"]
     example = torch.rand(2 if dynamic else int(batch), 3, h, w)
@@ -204,7 +205,7 @@ def read_metadata(model) -> dict[str, Any]:
     props = (model.get_modelmeta().custom_metadata_map if hasattr(model, "get_modelmeta")
              else {p.key: p.value for p in model.metadata_props})
     if METADATA_KEY not in props:
-        raise ValueError("the ONNX model has no mobilevision metadata (not written by `mobilevision export`)")
+        raise UserError("the ONNX model has no mobilevision metadata (not written by `mobilevision export`)")
     return json.loads(props[METADATA_KEY])
 
 
@@ -231,7 +232,7 @@ class OnnxModel:
             self.session = ort.InferenceSession(os.fspath(path), options, providers=list(providers or
                                                                                         ["CPUExecutionProvider"]))
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-            raise ValueError(f"ONNX Runtime cannot load {path}: {e}") from e
+            raise UserError(f"ONNX Runtime cannot load {path}: {e}") from e
         self.path = path
         self.meta = read_metadata(self.session)
         self.input_name = self.session.get_inputs()[0].name

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from ..data.classification import classification_eval_transforms
 from ..data.transforms import IMAGENET_MEAN, mean_fill
 from ..detection.postprocess import select_detections
@@ -72,7 +73,7 @@ class Predictor:
             raise FileNotFoundError(f"model {path} does not exist")
         self.path, self.device = path, torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: CUDA is not available on this machine")
+            raise UserError("--device cuda: CUDA is not available on this machine")
         if path.suffix.lower() == ".onnx":
             self.onnx: OnnxModel | None = OnnxModel(path, threads=threads, providers=self._onnx_providers())
             self.meta = self.onnx.meta
@@ -106,7 +107,7 @@ class Predictor:
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ValueError(f"--device cuda: this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider "
+            raise UserError(f"--device cuda: this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider "
                              "(install onnxruntime-gpu), or run the ONNX file with --device cpu")
         return [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
 

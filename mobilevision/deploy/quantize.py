@@ -10,6 +10,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = ["quantize_int8"]
 
 
@@ -58,7 +60,7 @@ def quantize_int8(model, batches: Iterable[np.ndarray], per_channel: bool = True
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
-        raise ValueError(f"calibration method must be one of {sorted(methods)}, got {method!r}")
+        raise UserError(f"calibration method must be one of {sorted(methods)}, got {method!r}")
     with tempfile.TemporaryDirectory(prefix="mobilevision-int8-") as tmp:
         src, pre, out = Path(tmp, "float.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         onnx.save_model(model, src)
@@ -70,5 +72,5 @@ def quantize_int8(model, batches: Iterable[np.ndarray], per_channel: bool = True
                         calibrate_method=methods[method], extra_options={"ActivationSymmetric": False})
         quantized = onnx.load(str(out))
     if not any(n.op_type == "QuantizeLinear" for n in quantized.graph.node):
-        raise ValueError("ONNX Runtime quantized nothing in this model (no calibration data?)")
+        raise UserError("ONNX Runtime quantized nothing in this model (no calibration data?)")
     return quantized

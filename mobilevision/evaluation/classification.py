@@ -28,6 +28,8 @@ import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from ..errors import UserError
+
 __all__ = ["classification_metrics", "compute_classification_metrics", "save_confusion_matrix_png",
            "save_metrics_json", "summarize_metrics"]
 
@@ -36,7 +38,7 @@ def classification_metrics(num_classes: int, top_k: int = 5) -> MetricCollection
     """torchmetrics collection: ``acc1``, ``acc5`` (top-``min(top_k, num_classes)``), ``per_class``
     (accuracy of each class, ``average=None``) and ``confusion_matrix``; update with (logits, labels)."""
     if num_classes < 2:
-        raise ValueError(f"classification needs at least 2 classes, got num_classes={num_classes}")
+        raise UserError(f"classification needs at least 2 classes, got num_classes={num_classes}")
     k = min(top_k, num_classes)
     return MetricCollection(
         {
@@ -66,7 +68,7 @@ def summarize_metrics(computed: dict[str, torch.Tensor], class_names: Sequence[s
     num_classes = matrix.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
-        raise ValueError(f"{len(names)} class names for {num_classes} classes")
+        raise UserError(f"{len(names)} class names for {num_classes} classes")
     support = matrix.sum(dim=1)
     per_class_t = get("per_class").detach().cpu().double()
     per_class = [float(a) if int(n) > 0 else None for a, n in zip(per_class_t, support)]
@@ -92,10 +94,10 @@ def compute_classification_metrics(logits: torch.Tensor, labels: torch.Tensor, n
     as :func:`summarize_metrics` does."""
     logits, labels = torch.as_tensor(logits).float(), torch.as_tensor(labels).long()
     if logits.ndim != 2 or labels.ndim != 1 or len(logits) != len(labels):
-        raise ValueError(f"expected logits [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise UserError(f"expected logits [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
     num_classes = num_classes or logits.shape[1]
     if logits.shape[1] != num_classes:
-        raise ValueError(f"logits have {logits.shape[1]} columns for {num_classes} classes")
+        raise UserError(f"logits have {logits.shape[1]} columns for {num_classes} classes")
     metrics = classification_metrics(num_classes, top_k)
     metrics.update(logits, labels)
     return summarize_metrics(metrics.compute(), class_names, top_k)
@@ -132,11 +134,11 @@ def save_confusion_matrix_png(matrix: torch.Tensor | Sequence[Sequence[int]], cl
 
     counts = torch.as_tensor(matrix).detach().cpu().double()
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
-        raise ValueError(f"a confusion matrix is square, got shape {tuple(counts.shape)}")
+        raise UserError(f"a confusion matrix is square, got shape {tuple(counts.shape)}")
     n = counts.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
     if len(names) != n:
-        raise ValueError(f"{len(names)} class names for a {n}x{n} confusion matrix")
+        raise UserError(f"{len(names)} class names for a {n}x{n} confusion matrix")
     shown = counts / counts.sum(dim=1, keepdim=True).clamp(min=1) if normalize else counts
 
     side = min(max(4.0, 0.35 * n + 2.5), 24.0)

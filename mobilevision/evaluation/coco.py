@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..coco_format import read_coco
 
 __all__ = [
@@ -123,7 +124,7 @@ def scale_boxes(
 
 def _check_backend(backend: str) -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"unknown COCO backend {backend!r}; choose one of {BACKENDS}")
+        raise UserError(f"unknown COCO backend {backend!r}; choose one of {BACKENDS}")
     if backend == "faster_coco_eval":
         try:
             import faster_coco_eval  # noqa: F401
@@ -143,7 +144,7 @@ def _read_json(path: str | os.PathLike, what: str) -> Any:
         with open(p) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} file {str(p)!r} is not valid json: {e}") from e
+        raise UserError(f"{what} file {str(p)!r} is not valid json: {e}") from e
 
 
 def load_coco_gt(source: Any) -> dict:
@@ -200,19 +201,19 @@ class _GroundTruth:
 def _validate_results(results: list[dict], gt: _GroundTruth) -> None:
     """Results must be bbox results on known images and categories; else ValueError naming them."""
     if not isinstance(results, list):
-        raise ValueError(f"COCO results must be a list of detections, got {type(results).__name__}")
+        raise UserError(f"COCO results must be a list of detections, got {type(results).__name__}")
     for i, r in enumerate(results):
         missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
         if missing:
-            raise ValueError(f"detection #{i} has no {missing} field(s): {r!r}")
+            raise UserError(f"detection #{i} has no {missing} field(s): {r!r}")
         if len(r["bbox"]) != 4:
-            raise ValueError(f"detection #{i} bbox must be [x, y, w, h], got {r['bbox']!r}")
+            raise UserError(f"detection #{i} bbox must be [x, y, w, h], got {r['bbox']!r}")
     unknown_img = {r["image_id"] for r in results} - gt.image_id_set
     if unknown_img:
-        raise ValueError(f"results reference image ids not in the ground truth: {_format_ids(unknown_img)}")
+        raise UserError(f"results reference image ids not in the ground truth: {_format_ids(unknown_img)}")
     unknown_cat = {r["category_id"] for r in results} - gt.category_id_set
     if unknown_cat:
-        raise ValueError(f"results reference category ids not in the ground truth: {_format_ids(unknown_cat)}")
+        raise UserError(f"results reference category ids not in the ground truth: {_format_ids(unknown_cat)}")
 
 
 def _empty_stats(gt: _GroundTruth) -> dict:
@@ -306,7 +307,7 @@ def evaluate_results_file(
         ids = [int(i) for i in image_ids]
         unknown = set(ids) - gt.image_id_set
         if unknown:
-            raise ValueError(f"image_ids not in the ground truth: {_format_ids(unknown)}")
+            raise UserError(f"image_ids not in the ground truth: {_format_ids(unknown)}")
     return _run_cocoeval(gt, results, ids, backend, verbose)
 
 
@@ -384,7 +385,7 @@ class COCOEvaluator:
             label_map = {i: int(v) for i, v in enumerate(mapping)}
         unknown = set(label_map.values()) - self._gt.category_id_set
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"label_to_category_id maps to category ids not in the ground truth: {_format_ids(unknown)}"
             )
         return label_map
@@ -418,30 +419,30 @@ class COCOEvaluator:
         for pred in predictions:
             for key in ("image_id", "boxes", "scores", "labels"):
                 if key not in pred:
-                    raise ValueError(f"prediction has no {key!r} entry (keys: {sorted(pred)})")
+                    raise UserError(f"prediction has no {key!r} entry (keys: {sorted(pred)})")
             image_id = int(_to_numpy(pred["image_id"]).reshape(-1)[0])
             if image_id not in self._gt.image_id_set:
-                raise ValueError(f"prediction for image id {image_id} which is not in the ground truth")
+                raise UserError(f"prediction for image id {image_id} which is not in the ground truth")
             boxes = _to_numpy(pred["boxes"]).astype(np.float64)
             if boxes.size == 0:
                 boxes = boxes.reshape(0, 4)
             scores = _to_numpy(pred["scores"]).astype(np.float64).reshape(-1)
             labels_raw = _to_numpy(pred["labels"]).reshape(-1)
             if boxes.ndim != 2 or boxes.shape[1] != 4:
-                raise ValueError(f"image {image_id}: boxes must have shape [N, 4], got {boxes.shape}")
+                raise UserError(f"image {image_id}: boxes must have shape [N, 4], got {boxes.shape}")
             n = boxes.shape[0]
             if scores.shape[0] != n or labels_raw.shape[0] != n:
-                raise ValueError(
+                raise UserError(
                     f"image {image_id}: {n} boxes but {scores.shape[0]} scores and {labels_raw.shape[0]} labels"
                 )
             if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
-                raise ValueError(f"image {image_id}: non-finite boxes or scores")
+                raise UserError(f"image {image_id}: non-finite boxes or scores")
             if labels_raw.size and not np.array_equal(labels_raw, np.round(labels_raw)):
-                raise ValueError(f"image {image_id}: labels must be integers")
+                raise UserError(f"image {image_id}: labels must be integers")
             labels = labels_raw.astype(np.int64)
             unknown = {int(v) for v in np.unique(labels)} - lut.keys()
             if unknown:
-                raise ValueError(
+                raise UserError(
                     f"image {image_id}: labels {_format_ids(unknown)} have no entry in label_to_category_id "
                     f"(known labels: {min(lut)}..{max(lut)})"
                 )

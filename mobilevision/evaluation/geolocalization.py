@@ -39,6 +39,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from ..errors import UserError
 from ..geo.distance import haversine_km
 
 __all__ = [
@@ -95,11 +96,11 @@ def _metrics_tensor(d: torch.Tensor) -> dict[str, torch.Tensor]:
     """The metric dict as 0-d float64 tensors (on ``d``'s device) of 1-D float64 distances ``d``."""
     n = d.numel()
     if n == 0:
-        raise ValueError("no distances to evaluate (empty input)")
+        raise UserError("no distances to evaluate (empty input)")
     if not bool(torch.isfinite(d).all()):
-        raise ValueError(f"distances must be finite, got {int((~torch.isfinite(d)).sum())} NaN/inf value(s)")
+        raise UserError(f"distances must be finite, got {int((~torch.isfinite(d)).sum())} NaN/inf value(s)")
     if bool((d < 0).any()):
-        raise ValueError(f"distances must be >= 0, got minimum {float(d.min())}")
+        raise UserError(f"distances must be >= 0, got minimum {float(d.min())}")
     out = {key: (d <= t).double().mean() for key, t in zip(_ACC_KEYS, GEO_THRESHOLDS_KM)}
     s = torch.sort(d).values
     out["median_km"] = (s[(n - 1) // 2] + s[n // 2]) / 2
@@ -153,13 +154,13 @@ class GeoAccuracy(Metric):
         values = [torch.as_tensor(v, device=self.device).detach() for v in (pred_lat, pred_lon, true_lat, true_lon)]
         shapes = {tuple(v.shape) for v in values}
         if len(shapes) != 1:
-            raise ValueError("pred_lat, pred_lon, true_lat, true_lon must have one shape, got "
+            raise UserError("pred_lat, pred_lon, true_lat, true_lon must have one shape, got "
                              + ", ".join(str(tuple(v.shape)) for v in values))
         self.distances.append(haversine_km(*values).reshape(-1))
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
         if isinstance(self.distances, list) and not self.distances:
-            raise ValueError("GeoAccuracy.compute() called before any update (no samples)")
+            raise UserError("GeoAccuracy.compute() called before any update (no samples)")
         return _metrics_tensor(dim_zero_cat(self.distances).to(torch.float64))
 
 
@@ -193,10 +194,10 @@ def read_locations_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray, 
                 header = [cell.strip() for cell in row]
                 break
         if header is None:
-            raise ValueError(f"{p}: empty file, expected a header with {','.join(_REQUIRED_COLUMNS)}")
+            raise UserError(f"{p}: empty file, expected a header with {','.join(_REQUIRED_COLUMNS)}")
         missing = [c for c in _REQUIRED_COLUMNS if c not in header]
         if missing:
-            raise ValueError(f"{p}: line {reader.line_num}: header {','.join(header)!r} lacks column(s) "
+            raise UserError(f"{p}: line {reader.line_num}: header {','.join(header)!r} lacks column(s) "
                              f"{', '.join(missing)} (needs {','.join(_REQUIRED_COLUMNS)})")
         col = {c: header.index(c) for c in _REQUIRED_COLUMNS}
         width = max(col.values()) + 1
@@ -205,33 +206,33 @@ def read_locations_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray, 
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) < width:
-                raise ValueError(f"{p}: line {line}: {len(row)} field(s), expected at least {width} "
+                raise UserError(f"{p}: line {line}: {len(row)} field(s), expected at least {width} "
                                  f"(image_id, latitude, longitude)")
             image_id = row[col["image_id"]].strip()
             if not image_id:
-                raise ValueError(f"{p}: line {line}: empty image_id")
+                raise UserError(f"{p}: line {line}: empty image_id")
             coords = []
             for name, bound in (("latitude", 90.0), ("longitude", 180.0)):
                 text = row[col[name]].strip()
                 try:
                     value = float(text)
                 except ValueError:
-                    raise ValueError(f"{p}: line {line}: {name} {text!r} of {image_id!r} is not a number") from None
+                    raise UserError(f"{p}: line {line}: {name} {text!r} of {image_id!r} is not a number") from None
                 if not math.isfinite(value):
-                    raise ValueError(f"{p}: line {line}: {name} of {image_id!r} is {text!r}, not a finite number")
+                    raise UserError(f"{p}: line {line}: {name} of {image_id!r} is {text!r}, not a finite number")
                 if abs(value) > bound:
-                    raise ValueError(f"{p}: line {line}: {name} {value} of {image_id!r} is outside "
+                    raise UserError(f"{p}: line {line}: {name} {value} of {image_id!r} is outside "
                                      f"[{-bound:g}, {bound:g}]")
                 coords.append(value)
             if image_id in first_line:
-                raise ValueError(f"{p}: line {line}: duplicate image_id {image_id!r} (first on line "
+                raise UserError(f"{p}: line {line}: duplicate image_id {image_id!r} (first on line "
                                  f"{first_line[image_id]})")
             first_line[image_id] = line
             ids.append(image_id)
             lats.append(coords[0])
             lons.append(coords[1])
     if not ids:
-        raise ValueError(f"{p}: no data rows after the header")
+        raise UserError(f"{p}: no data rows after the header")
     return ids, np.asarray(lats, dtype=np.float64), np.asarray(lons, dtype=np.float64)
 
 
@@ -275,11 +276,11 @@ def match_prediction_csvs(predictions: str | os.PathLike, ground_truth: str | os
     gt_set = set(gt_ids)
     missing = [i for i in gt_ids if i not in index]
     if missing:
-        raise ValueError(f"{predictions}: no prediction for {len(missing)} of the {len(gt_ids)} ground-truth images "
+        raise UserError(f"{predictions}: no prediction for {len(missing)} of the {len(gt_ids)} ground-truth images "
                          f"of {ground_truth} (e.g. {_few(missing)})")
     extra = [i for i in pr_ids if i not in gt_set]
     if extra:
-        raise ValueError(f"{predictions}: {len(extra)} predicted image id(s) are not in the ground truth "
+        raise UserError(f"{predictions}: {len(extra)} predicted image id(s) are not in the ground truth "
                          f"{ground_truth} (e.g. {_few(extra)})")
     order = np.asarray([index[i] for i in gt_ids], dtype=np.int64)
     return MatchedLocations(list(gt_ids), pr_lat[order], pr_lon[order], gt_lat, gt_lon)
@@ -341,7 +342,7 @@ def save_geo_json(stats: dict[str, Any], path: str | os.PathLike, extra: dict[st
     JSON-serializable ``extra`` entries are added (e.g. a baseline's metrics)."""
     missing = [k for k in _ALL_KEYS if k not in stats]
     if missing:
-        raise ValueError(f"geolocalization stats lack {', '.join(missing)}")
+        raise UserError(f"geolocalization stats lack {', '.join(missing)}")
     out: dict[str, Any] = {k: float(stats[k]) for k in _ALL_KEYS}
     out["num_samples"] = int(out["num_samples"])
     out.update(extra or {})
@@ -420,14 +421,14 @@ def save_error_map(pred_lat, pred_lon, true_lat, true_lon, path: str | os.PathLi
     arrays = [np.asarray(torch.as_tensor(v).detach().cpu().double().reshape(-1).numpy())
               for v in (pred_lat, pred_lon, true_lat, true_lon)]
     if len({a.shape for a in arrays}) != 1:
-        raise ValueError("pred_lat, pred_lon, true_lat, true_lon must have one length, got "
+        raise UserError("pred_lat, pred_lon, true_lat, true_lon must have one length, got "
                          + ", ".join(str(len(a)) for a in arrays))
     p_lat, p_lon, t_lat, t_lon = arrays
     n = len(p_lat)
     if n == 0:
-        raise ValueError("no locations to draw")
+        raise UserError("no locations to draw")
     if max_points < 1:
-        raise ValueError(f"max_points must be >= 1, got {max_points}")
+        raise UserError(f"max_points must be >= 1, got {max_points}")
     dist = haversine_km(p_lat, p_lon, t_lat, t_lon).numpy()
     bucket_all = np.searchsorted(np.asarray([b for b, _ in _BUCKETS[:-1]]), dist, side="left")
     counts = np.bincount(bucket_all, minlength=len(_BUCKETS))

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from ..errors import UserError
+
 __all__ = ["IGNORE_INDEX", "SEGMENTATION_KEYS", "evaluate_mask_folders", "read_index_mask", "save_segmentation_json",
            "segmentation_metrics", "summarize_confusion"]
 
@@ -30,7 +32,7 @@ def segmentation_metrics(num_classes: int, ignore_index: int = IGNORE_INDEX) -> 
     """The accumulator: update with ``(preds, target)``, ``preds`` labels [B, H, W] or logits [B, C, H, W],
     ``target`` [B, H, W]; :func:`summarize_confusion` of its ``compute()`` gives the numbers."""
     if num_classes < 2:
-        raise ValueError(f"segmentation needs at least 2 classes, got num_classes={num_classes}")
+        raise UserError(f"segmentation needs at least 2 classes, got num_classes={num_classes}")
     return MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
 
 
@@ -43,7 +45,7 @@ def summarize_confusion(confmat: torch.Tensor | np.ndarray,
     n = cm.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
     if len(names) != n:
-        raise ValueError(f"{len(names)} class names for {n} classes")
+        raise UserError(f"{len(names)} class names for {n} classes")
     tp = cm.diag()
     gt, pred = cm.sum(1), cm.sum(0)
     union = gt + pred - tp
@@ -73,11 +75,11 @@ def read_index_mask(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as img:
             mode = img.mode
             if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA"):
-                raise ValueError(f"{path}: a {mode} image is not an index mask (expected a palette or grayscale "
+                raise UserError(f"{path}: a {mode} image is not an index mask (expected a palette or grayscale "
                                  "PNG whose pixel values are class indices)")
             return np.asarray(img).astype(np.int64)
     except (OSError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read mask {path}: {e}") from e
+        raise UserError(f"cannot read mask {path}: {e}") from e
 
 
 def _masks(folder: Path, what: str) -> dict[str, Path]:
@@ -89,10 +91,10 @@ def _masks(folder: Path, what: str) -> dict[str, Path]:
             continue
         stem = path.relative_to(folder).with_suffix("").as_posix()
         if stem in found:
-            raise ValueError(f"{what}: two masks named {stem!r} in {folder} ({found[stem].name}, {path.name})")
+            raise UserError(f"{what}: two masks named {stem!r} in {folder} ({found[stem].name}, {path.name})")
         found[stem] = path
     if not found:
-        raise ValueError(f"no mask ({', '.join(MASK_EXTENSIONS)}) in {what} folder {folder}")
+        raise UserError(f"no mask ({', '.join(MASK_EXTENSIONS)}) in {what} folder {folder}")
     return found
 
 
@@ -111,20 +113,20 @@ def evaluate_mask_folders(predictions: str | os.PathLike, ground_truth: str | os
     gt_files = _masks(Path(ground_truth), "ground truth")
     missing = sorted(set(gt_files) - set(pred_files))
     if missing:
-        raise ValueError(f"{len(missing)} ground-truth mask(s) have no prediction in {predictions}: {_few(missing)}")
+        raise UserError(f"{len(missing)} ground-truth mask(s) have no prediction in {predictions}: {_few(missing)}")
     metrics = segmentation_metrics(num_classes, ignore_index)
     for stem, gt_path in gt_files.items():
         gt, pred = read_index_mask(gt_path), read_index_mask(pred_files[stem])
         if gt.shape != pred.shape:
-            raise ValueError(f"{pred_files[stem]} is {pred.shape[1]}x{pred.shape[0]} but its ground truth {gt_path} "
+            raise UserError(f"{pred_files[stem]} is {pred.shape[1]}x{pred.shape[0]} but its ground truth {gt_path} "
                              f"is {gt.shape[1]}x{gt.shape[0]} (width x height)")
         bad = np.unique(gt[(gt >= num_classes) & (gt != ignore_index) | (gt < 0)])
         if len(bad):
-            raise ValueError(f"{gt_path} holds label(s) {bad.tolist()[:8]}: not classes 0..{num_classes - 1} "
+            raise UserError(f"{gt_path} holds label(s) {bad.tolist()[:8]}: not classes 0..{num_classes - 1} "
                              f"nor the ignore index {ignore_index}")
         bad = np.unique(pred[(pred >= num_classes) | (pred < 0)])
         if len(bad):
-            raise ValueError(f"{pred_files[stem]} holds label(s) {bad.tolist()[:8]}: not classes 0..{num_classes - 1}")
+            raise UserError(f"{pred_files[stem]} holds label(s) {bad.tolist()[:8]}: not classes 0..{num_classes - 1}")
         metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None])
     stats = summarize_confusion(metrics.compute(), class_names)
     stats.update(num_images=len(gt_files), extra_predictions=len(set(pred_files) - set(gt_files)))

@@ -22,6 +22,7 @@ import numpy as np
 import s2geometry as s2
 import torch
 
+from ..errors import UserError
 from .distance import spherical_mean
 
 __all__ = ["CellPartition", "build_partition", "leaf_cell_ids"]
@@ -33,11 +34,11 @@ CellLocation = Literal["center", "mean"]
 
 def _check_coordinates(lat: np.ndarray, lon: np.ndarray) -> None:
     if lat.shape != lon.shape or lat.ndim != 1:
-        raise ValueError(f"latitude and longitude must be 1-d arrays of one length, got {lat.shape} and {lon.shape}")
+        raise UserError(f"latitude and longitude must be 1-d arrays of one length, got {lat.shape} and {lon.shape}")
     bad = ~(np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{int(bad.sum())} coordinate(s) outside latitude [-90, 90] / longitude [-180, 180], "
+        raise UserError(f"{int(bad.sum())} coordinate(s) outside latitude [-90, 90] / longitude [-180, 180], "
                          f"e.g. #{i}: ({lat[i]}, {lon[i]})")
 
 
@@ -119,7 +120,7 @@ class CellPartition:
             return self.centers
         if mode == "mean":
             return self.means
-        raise ValueError(f"cell location must be 'center' or 'mean', got {mode!r}")
+        raise UserError(f"cell location must be 'center' or 'mean', got {mode!r}")
 
     def assign(self, lat, lon) -> np.ndarray:
         """Index of the cell containing each point (int64), ``-1`` for points in no cell."""
@@ -217,16 +218,16 @@ def build_partition(
         The partition and each photo's cell index (``-1`` for the photos of discarded cells).
     """
     if max_per_cell < 1 or min_per_cell < 1:
-        raise ValueError(f"max_per_cell and min_per_cell must be >= 1, got {max_per_cell} and {min_per_cell}")
+        raise UserError(f"max_per_cell and min_per_cell must be >= 1, got {max_per_cell} and {min_per_cell}")
     if min_per_cell > max_per_cell:
-        raise ValueError(f"min_per_cell ({min_per_cell}) must not exceed max_per_cell ({max_per_cell})")
+        raise UserError(f"min_per_cell ({min_per_cell}) must not exceed max_per_cell ({max_per_cell})")
     if not 0 <= min_level <= max_level <= 30:
-        raise ValueError(f"need 0 <= min_level <= max_level <= 30, got {min_level} and {max_level}")
+        raise UserError(f"need 0 <= min_level <= max_level <= 30, got {min_level} and {max_level}")
     lat = np.asarray(lat, dtype=np.float64).reshape(-1)
     lon = np.asarray(lon, dtype=np.float64).reshape(-1)
     leaves = leaf_cell_ids(lat, lon)
     if len(leaves) == 0:
-        raise ValueError("cannot partition zero photos")
+        raise UserError("cannot partition zero photos")
 
     def split(indices: np.ndarray, level: int) -> list[tuple[int, int, np.ndarray]]:
         parents = _parent_ids(leaves[indices], level)
@@ -252,7 +253,7 @@ def build_partition(
     kept = [(cid, idx) for cid, idx in cells if len(idx) >= min_per_cell]
     dropped = [(cid, idx) for cid, idx in cells if len(idx) < min_per_cell]
     if not kept:
-        raise ValueError(f"no cell holds min_per_cell={min_per_cell} photos ({len(leaves)} photos, "
+        raise UserError(f"no cell holds min_per_cell={min_per_cell} photos ({len(leaves)} photos, "
                          f"max_per_cell={max_per_cell}); lower min_per_cell")
     assignment = np.full(len(leaves), -1, dtype=np.int64)
     centers, means = [], []

@@ -15,6 +15,8 @@ from importlib import resources
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = ["CITIES_FILE", "Cities", "load_cities"]
 
 #: Name of the shipped csv inside the ``mobilevision.geo`` package.
@@ -48,12 +50,12 @@ def _read_cities() -> Cities:
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader)
     if tuple(header) != _COLUMNS:
-        raise ValueError(f"{CITIES_FILE}: expected header {','.join(_COLUMNS)}, got {','.join(header)}")
+        raise UserError(f"{CITIES_FILE}: expected header {','.join(_COLUMNS)}, got {','.join(header)}")
     rows = [r for r in reader if r]
     lat = np.array([float(r[0]) for r in rows], dtype=np.float64)
     lon = np.array([float(r[1]) for r in rows], dtype=np.float64)
     if not (np.abs(lat) <= 90).all() or not (np.abs(lon) <= 180).all():
-        raise ValueError(f"{CITIES_FILE}: coordinates out of range")
+        raise UserError(f"{CITIES_FILE}: coordinates out of range")
     lat.flags.writeable = False
     lon.flags.writeable = False
     return Cities(lat, lon, [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows])

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 
+from ..errors import UserError
+
 if TYPE_CHECKING:
     from .classifier import ImageClassifier
 
@@ -82,7 +84,7 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise ValueError(
+        raise UserError(
             f"{path}: cannot be read as a state dict with torch.load(weights_only=True) ({err}). Pass a file "
             "written by torch.save(model.state_dict(), path); for a checkpoint that also pickles other "
             "objects, save only its state dict.") from err
@@ -92,7 +94,7 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             break
         obj = inner
     if not (isinstance(obj, Mapping) and _is_state_dict(obj)):
-        raise ValueError(f"{path}: not a state dict (a mapping of names to tensors), got {type(obj).__name__}"
+        raise UserError(f"{path}: not a state dict (a mapping of names to tensors), got {type(obj).__name__}"
                          + (f" with keys {list(obj)[:8]}" if isinstance(obj, Mapping) else ""))
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
@@ -104,7 +106,7 @@ def _is_state_dict(obj: Mapping) -> bool:
 
 def _fetch_imagenet(name: str) -> dict[str, torch.Tensor]:
     if name not in _IMAGENET:
-        raise ValueError(f"no ImageNet weights known for {name!r}; known: {', '.join(sorted(_IMAGENET))}")
+        raise UserError(f"no ImageNet weights known for {name!r}; known: {', '.join(sorted(_IMAGENET))}")
     library, ref = _IMAGENET[name]
     try:
         if library == "torchvision":
@@ -151,7 +153,7 @@ def _detect(state: Mapping[str, torch.Tensor], origin: str) -> tuple[str, str]:
         for source, (anchor, *_) in _SOURCES.items():
             if m := re.match(anchor, key):
                 return source, m.group(1)
-    raise ValueError(f"{origin}: unrecognised state dict layout (expected torchvision 'features.*', timm "
+    raise UserError(f"{origin}: unrecognised state dict layout (expected torchvision 'features.*', timm "
                      f"'conv_stem.*'/'stem.conv_kxk.*' or mobilevision 'backbone.blocks.*' keys; MobileOne must be "
                      f"unfused, without 'reparam_conv'), first keys: {list(state)[:5]}")
 
@@ -190,7 +192,7 @@ def _load_state_dict(model: ImageClassifier, name: str, state: Mapping[str, torc
     unexpected += [k for k in src if k not in head and k.endswith(_COUNTER)
                    and k.replace(_COUNTER, "running_mean") not in mapped.values()]
     if missing or unexpected or mismatched:
-        raise ValueError(_mismatch_message(origin, source, name, len(src_blocks), len(our_blocks),
+        raise UserError(_mismatch_message(origin, source, name, len(src_blocks), len(our_blocks),
                                            missing, unexpected, mismatched))
 
     new = dict(ours)
@@ -215,7 +217,7 @@ def _load_state_dict(model: ImageClassifier, name: str, state: Mapping[str, torc
         warnings.warn(f"{origin}: no classifier in the checkpoint: loaded the backbone only, fc is "
                       f"randomly initialised", stacklevel=3)
     else:
-        raise ValueError(f"{origin}: classifier keys {[f'{k} {tuple(src[k].shape)}' for k in head]} do not fit "
+        raise UserError(f"{origin}: classifier keys {[f'{k} {tuple(src[k].shape)}' for k in head]} do not fit "
                          f"fc.weight {tuple(ours['fc.weight'].shape)} of {name!r}")
     model.load_state_dict(new)
     log.info("loaded %s weights from %s into %s", source, origin, name)

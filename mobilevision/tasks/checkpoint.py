@@ -14,6 +14,8 @@ import torch
 from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from ..errors import UserError
+
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint dict, loaded with ``weights_only=True``; errors name the file and the problem."""
@@ -23,10 +25,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, or objects that weights_only refuses to unpickle
-        raise ValueError(f"cannot load checkpoint {path} with weights_only=True: {e}") from e
+        raise UserError(f"cannot load checkpoint {path} with weights_only=True: {e}") from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} is not a mobilevision training checkpoint (expected 'state_dict' and "
+        raise UserError(f"{path} is not a mobilevision training checkpoint (expected 'state_dict' and "
                          f"'hyper_parameters', found {keys})")
     return ckpt
 
@@ -42,20 +44,20 @@ def load_task(path: str | os.PathLike, task_cls: type[pl.LightningModule]) -> tu
     class_path = hparams.pop("_class_path", None)
     hparams.pop("_instantiator", None)
     if class_path and class_path.rsplit(".", 1)[-1] != task_cls.__name__:
-        raise ValueError(f"{path} is a checkpoint of {class_path}, not of {task_cls.__name__}")
+        raise UserError(f"{path} is a checkpoint of {class_path}, not of {task_cls.__name__}")
     if "backbone_weights" in hparams:
         hparams["backbone_weights"] = None
     try:
         task = task_cls(**hparams)
     except TypeError as e:
-        raise ValueError(f"{path} does not hold {task_cls.__name__} hyper-parameters: {e}") from e
+        raise UserError(f"{path} does not hold {task_cls.__name__} hyper-parameters: {e}") from e
     task.on_load_checkpoint(ckpt)  # as Lightning's load_from_checkpoint does, before the weights
     try:
         result = task.load_state_dict(ckpt["state_dict"], strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise ValueError(f"{path} does not match {task_cls.__name__}({hparams.get('backbone', '')}): {e}") from e
+        raise UserError(f"{path} does not match {task_cls.__name__}({hparams.get('backbone', '')}): {e}") from e
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{path} does not match {task_cls.__name__}({hparams.get('backbone', '')}): "
+        raise UserError(f"{path} does not match {task_cls.__name__}({hparams.get('backbone', '')}): "
                          f"missing keys {result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}")
     return task.eval(), ckpt
 
@@ -105,7 +107,7 @@ def check_same_labels(task: pl.LightningModule, checkpoint: Mapping[str, Any], n
         for where, new in (("the data module", getattr(datamodule, name, None)), ("the model", task.hparams.get(name))):
             new = _plain(new)
             if old is not None and new is not None and old != new:
-                raise ValueError(f"the checkpoint was trained with {name}={_short(old)} but {where} has "
+                raise UserError(f"the checkpoint was trained with {name}={_short(old)} but {where} has "
                                  f"{name}={_short(new)}: refusing to restore it on data with other labels")
 
 
@@ -131,7 +133,7 @@ class TrainingCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, save_last_every_n_steps: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if save_last_every_n_steps < 0:
-            raise ValueError(f"save_last_every_n_steps must be >= 0, got {save_last_every_n_steps}")
+            raise UserError(f"save_last_every_n_steps must be >= 0, got {save_last_every_n_steps}")
         self.save_last_every_n_steps = save_last_every_n_steps
         self._periodic_step = -1
 
