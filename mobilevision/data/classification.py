@@ -82,8 +82,8 @@ class ClassificationTransform(SeededTransform):
     differ, epochs differ, ``seed_everything`` makes runs reproducible.
     """
 
-    def __init__(self, transforms: Sequence[A.BasicTransform]) -> None:
-        super().__init__(A.Compose(list(transforms)))
+    def __init__(self, transforms: Sequence[A.BasicTransform], *, deterministic: bool = False) -> None:
+        super().__init__(A.Compose(list(transforms)), deterministic=deterministic)
 
     def __call__(self, image: np.ndarray) -> Any:
         self._reseed()
@@ -137,7 +137,7 @@ def classification_eval_transforms(
         raise UserError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
     resize = max(image_size, int(image_size / resize_ratio))
     ops = [A.SmallestMaxSize(max_size=resize), A.CenterCrop(image_size, image_size)]
-    return ClassificationTransform(ops + normalize_ops(mean, std, to_tensor))
+    return ClassificationTransform(ops + normalize_ops(mean, std, to_tensor), deterministic=True)
 
 
 def classification_train_transforms(

@@ -531,8 +531,8 @@ class SegmentationTransform(SeededTransform):
     image and an HxW uint8 label mask (``None``: image only); seeded from torch's global generator on every call
     (see :class:`~mobilevision.data.transforms.SeededTransform`)."""
 
-    def __init__(self, transforms: Sequence[A.BasicTransform]) -> None:
-        super().__init__(A.Compose(list(transforms)))
+    def __init__(self, transforms: Sequence[A.BasicTransform], *, deterministic: bool = False) -> None:
+        super().__init__(A.Compose(list(transforms)), deterministic=deterministic)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[Any, Any]:
         self._reseed()
@@ -591,7 +591,7 @@ def segmentation_eval_transforms(
     if eval_size is not None:
         ops.append(A.SmallestMaxSize(max_size=int(eval_size), interpolation=cv2.INTER_LINEAR,
                                      area_for_downscale="image"))
-    return SegmentationTransform(ops + normalize_ops(mean, std, to_tensor))
+    return SegmentationTransform(ops + normalize_ops(mean, std, to_tensor), deterministic=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -243,17 +243,22 @@ class SeededTransform:
     Each call (``_reseed()``) draws a seed with ``torch.randint`` and gives the whole pipeline one
     ``random.Random`` / numpy ``Generator`` pair seeded with it.  So DataLoader workers (seeded
     differently by torch) never repeat each other's augmentations, every epoch differs, and
-    ``torch.manual_seed`` / ``seed_everything`` make runs reproducible.  (albumentations' own
+    ``torch.manual_seed`` / ``seed_everything`` make runs reproducible. ``deterministic=True`` (the evaluation
+    pipelines: resize, crop, normalize) draws no seed, so evaluating never advances the user's generator.
+    (albumentations' own
     ``Compose(seed=...)`` gives every transform an identical stream, which correlates e.g. flip and
     zoom-out decisions, and is copied unchanged into every worker.)
     """
 
-    def __init__(self, compose: A.Compose) -> None:
+    def __init__(self, compose: A.Compose, *, deterministic: bool = False) -> None:
         self.compose = compose
+        self.deterministic = deterministic
         self._random = random.Random(0)
         self.compose.set_random_state(np.random.default_rng(0), self._random)
 
     def _reseed(self) -> None:
+        if self.deterministic:  # an evaluation pipeline draws nothing: the user's torch RNG stays where it was
+            return
         seed = int(torch.randint(0, 2**62, (1,)).item())
         self._random.seed(seed)
         self.compose.random_generator.bit_generator.state = np.random.PCG64(seed).state
@@ -272,7 +277,8 @@ class DetectionTransform(SeededTransform):
     ``min_visibility`` only matters for other transforms.
     """
 
-    def __init__(self, transforms: Sequence[A.BasicTransform], *, min_visibility: float = 0.0, min_size: float = 1.0):
+    def __init__(self, transforms: Sequence[A.BasicTransform], *, min_visibility: float = 0.0, min_size: float = 1.0,
+                 deterministic: bool = False):
         super().__init__(
             A.Compose(
                 list(transforms),
@@ -285,7 +291,8 @@ class DetectionTransform(SeededTransform):
                     clip=True,
                     filter_invalid_bboxes=True,
                 ),
-            )
+            ),
+            deterministic=deterministic,
         )
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -349,4 +356,5 @@ def eval_transforms(
     to_tensor: bool = True,
 ) -> DetectionTransform:
     """Evaluation pipeline: resize to ``image_size`` x ``image_size`` + normalize (no box is dropped)."""
-    return DetectionTransform(_finish(image_size, mean, std, to_tensor), min_visibility=0.0, min_size=0.0)
+    return DetectionTransform(_finish(image_size, mean, std, to_tensor), min_visibility=0.0, min_size=0.0,
+                              deterministic=True)

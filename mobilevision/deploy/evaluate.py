@@ -3,8 +3,6 @@ checkpoint's own validation data, through the same metrics as training: top-1 / 
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any, Callable
 
 import numpy as np
@@ -125,15 +123,11 @@ def evaluate_predictor(predictor: Predictor, dm: LightningDataModule, max_batche
 
 
 def onnx_latency_ms(model, batch: int = 1, runs: int = 30, warmup: int = 5) -> tuple[float, float]:
-    """Median and p90 milliseconds of ``model`` (an :class:`~mobilevision.deploy.OnnxModel`) on a random batch."""
+    """Median and p90 milliseconds of ``model`` (an :class:`~mobilevision.deploy.OnnxModel`) on a random batch,
+    timed and summarized as every latency of the project is (:func:`~mobilevision.evaluation.time_interleaved`)."""
+    from ..evaluation.complexity import time_interleaved
+
     h, w = model.meta["image_size"]
     x = np.random.default_rng(0).random((batch, 3, h, w), dtype=np.float32)
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    stats = time_interleaved({"model": lambda: model(x)}, warmup=warmup, repeats=runs)["model"]
+    return stats["median_ms"], stats["p90_ms"]

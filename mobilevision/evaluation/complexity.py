@@ -23,8 +23,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_madds", "count_params", "cpu_name", "measure_latency", "measure_latency_interleaved", "spearman",
-           "time_interleaved"]
+__all__ = ["count_madds", "count_params", "cpu_name", "latency_stats", "measure_latency", "measure_latency_interleaved",
+           "spearman", "time_interleaved"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -88,7 +88,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _stats(times_s: Sequence[float]) -> dict:
+def latency_stats(times_s: Sequence[float]) -> dict:
+    """The project's one summary of timed runs (seconds in): ``median_ms``, ``p90_ms`` (linear interpolation between
+    the two nearest ranks, numpy's default), ``mean_ms``, ``min_ms`` and ``repeats``; every command reports these."""
     ms = np.asarray(times_s, dtype=np.float64) * 1e3
     return {
         "median_ms": float(np.median(ms)),
@@ -143,7 +145,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], warmup: int = 5, r
         if (time_budget_s is not None and r + 1 >= min(min_repeats, repeats)
                 and time.perf_counter() - start >= time_budget_s):
             break
-    return {name: _stats(t) for name, t in times.items()}
+    return {name: latency_stats(t) for name, t in times.items()}
 
 
 def measure_latency_interleaved(models: Mapping[str, nn.Module], input: torch.Tensor, warmup: int = 5,
