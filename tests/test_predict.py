@@ -448,14 +448,24 @@ def test_only_unreadable_files_is_an_error(models, sources, tmp_path, capsys):
     assert "error: none of the 2 file(s) could be read" in err
 
 
-def test_drawn_labels_are_readable():
+@pytest.mark.parametrize("drawer", ["predict", "eval"])
+def test_drawn_labels_are_readable(drawer, tmp_path):
+    """Labels on a filled box of the class colour, in black or white text by contrast: in ``predict``'s pictures
+    and in ``eval --draw``'s grid alike."""
     from PIL import ImageColor
 
-    from mobilevision.evaluation.visualize import _PALETTE, draw_boxes
+    from mobilevision.evaluation.visualize import _PALETTE, draw_boxes, draw_detections
 
     image = np.zeros((240, 320, 3), np.uint8)
     image[:, 160:] = 255  # a dark and a light background
-    out = draw_boxes(image, np.array([[10, 10, 150, 200], [170, 10, 310, 200]]), [0, 7], ["cat 0.91", "dog, big 0.5"])
+    boxes, labels = np.array([[10, 10, 150, 200], [170, 10, 310, 200]]), [0, 7]
+    if drawer == "predict":
+        out = draw_boxes(image, boxes, labels, ["cat 0.91", "dog, big 0.5"])
+    else:
+        names = ["cat", "x", "x", "x", "x", "x", "x", "dog, big"]
+        det = {"boxes": torch.tensor(boxes), "labels": torch.tensor(labels), "scores": torch.tensor([0.91, 0.5])}
+        path = draw_detections([image], [det], names, tmp_path / "grid.png", nrow=1)
+        out = np.asarray(Image.open(path).convert("RGB"))[4:244, 4:324]  # the tile inside make_grid's padding
     for x1, label, white_text in ((12, 0, True), (172, 7, False)):
         patch = out[12:22, x1:x1 + 40].reshape(-1, 3)
         assert ImageColor.getrgb(_PALETTE[label]) in {tuple(p) for p in patch.tolist()}  # a filled label

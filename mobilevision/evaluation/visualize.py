@@ -34,20 +34,22 @@ def draw_detections(
     ground_truth: Sequence[dict] | None = None,
     nrow: int = 4,
 ) -> Path:
-    """Save a grid PNG of ``images`` (HxWx3 uint8) with predicted boxes (label + score) and, optionally,
-    ground-truth boxes in white. Boxes are xyxy in each image's pixels; ``labels`` index ``class_names``."""
+    """Save a grid PNG of ``images`` (HxWx3 uint8) with predicted boxes and, optionally, ground-truth boxes in white.
+    Predictions are drawn as :func:`draw_boxes` draws them (class colours, label and score on a filled box sized to
+    the image), the same as ``mobilevision predict``. Boxes are xyxy in each image's pixels; ``labels`` index
+    ``class_names``."""
     tiles = []
     for k, (image, det) in enumerate(zip(images, detections)):
-        img = torch.as_tensor(np.asarray(image)).permute(2, 0, 1).contiguous()
+        img = np.asarray(image)
         if ground_truth is not None and len(ground_truth[k]["boxes"]):
-            img = draw_bounding_boxes(img, torch.as_tensor(ground_truth[k]["boxes"]).float(), colors="white", width=1)
+            img = draw_bounding_boxes(torch.as_tensor(img).permute(2, 0, 1).contiguous(),
+                                      torch.as_tensor(ground_truth[k]["boxes"]).float(), colors="white",
+                                      width=1).permute(1, 2, 0).numpy()
         keep = det["scores"] >= score_thresh
         boxes, labels, scores = det["boxes"][keep].float().cpu(), det["labels"][keep].cpu(), det["scores"][keep].cpu()
-        if len(boxes):
-            img = draw_bounding_boxes(
-                img, boxes, labels=[f"{class_names[int(c)]} {s:.2f}" for c, s in zip(labels, scores)],
-                colors=[_PALETTE[int(c) % len(_PALETTE)] for c in labels], width=2)
-        tiles.append(img.permute(1, 2, 0).numpy())
+        img = draw_boxes(img, boxes.numpy(), labels.tolist(),
+                         [f"{class_names[int(c)]} {s:.2f}" for c, s in zip(labels, scores)])
+        tiles.append(img)
     return save_image_grid(tiles, path, nrow)
 
 
