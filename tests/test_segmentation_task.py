@@ -190,6 +190,47 @@ def test_predict_export_and_onnx_parity(trained, blocks, tmp_path, capsys):
     assert json.loads(out.read_text())["miou"] > 0.7
 
 
+@pytest.fixture(scope="module")
+def odd_sizes(tmp_path_factory) -> Path:
+    """Blocks whose validation images differ in size and aspect from each other and from the 48 px training crop."""
+    root = tmp_path_factory.mktemp("odd")
+    for k, size in enumerate([(40, 100), (90, 52), (61, 61), (37, 83)]):
+        part = make_blocks_folder(root / f"part{k}", n_train=1, n_val=2, val_size=size)
+        for kind in ("images", "masks"):
+            for split in ("train", "val"):
+                (root / kind / split).mkdir(parents=True, exist_ok=True)
+                for f in (part / kind / split).iterdir():
+                    f.rename(root / kind / split / f"{k}_{f.name}")
+    (root / "classes.txt").write_text("background\nred\ngreen\n")
+    return root
+
+
+def test_checkpoint_onnx_and_eval_give_one_miou_on_images_of_any_size(trained, odd_sizes, tmp_path):
+    """``eval segmentation --checkpoint`` (at every batch size), ``predict`` with the checkpoint and ``predict`` with
+    its ONNX file, scored by the model-free ``eval segmentation``, give one mIoU on images whose sizes and aspects
+    differ from each other and from the training crop (the exported graph takes any size, as validation does)."""
+    scores = {}
+    for batch in ("1", "3", "8"):
+        out = tmp_path / f"eval_{batch}.json"
+        assert eval_main(["segmentation", "--checkpoint", str(trained), "--data-root", str(odd_sizes),
+                          "--batch-size", batch, "--json-out", str(out)]) == 0
+        scores[f"eval batch {batch}"] = json.loads(out.read_text())["miou"]
+    onnx_path = tmp_path / "blocks.onnx"
+    assert export_main(["--checkpoint", str(trained), "--output", str(onnx_path)]) == 0
+    for name, model in (("predict ckpt", trained), ("predict onnx", onnx_path)):
+        pred = tmp_path / name.replace(" ", "_")
+        assert predict_main(["--model", str(model), "--source", str(odd_sizes / "images" / "val"),
+                             "--output", str(pred), "--quiet"]) == 0
+        out = tmp_path / f"{name.replace(' ', '_')}.json"
+        assert eval_main(["segmentation", "--predictions", str(pred / "masks"), "--ground-truth",
+                          str(odd_sizes / "masks" / "val"), "--num-classes", "3", "--json-out", str(out)]) == 0
+        scores[name] = json.loads(out.read_text())["miou"]
+    assert scores["eval batch 1"] > 0.6, scores  # a model that segments: the comparison bites
+    for name in ("eval batch 3", "eval batch 8", "predict ckpt"):
+        assert scores[name] == pytest.approx(scores["eval batch 1"], abs=1e-9), scores
+    assert scores["predict onnx"] == pytest.approx(scores["eval batch 1"], abs=2e-3), scores
+
+
 def test_predictor_maps_masks_back_to_each_image(trained):
     predictor = Predictor(trained)
     rng = np.random.default_rng(1)

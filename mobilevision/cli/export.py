@@ -59,7 +59,11 @@ def _calibration_batches(predictor, folder: Path, count: int, batch_size: int):
             break
         if item.image is None:
             continue
-        batch.append(predictor.preprocess(item.image))
+        x = predictor.preprocess(item.image)
+        if batch and x.shape != batch[0].shape:  # segmentation inputs keep their size: a batch per size run
+            yield np.stack(batch)
+            batch = []
+        batch.append(x)
         used += 1
         if len(batch) == batch_size:
             yield np.stack(batch)
@@ -86,16 +90,21 @@ def _check_parity(predictor, exported, nms: bool) -> str:
         if worst > 1e-3:
             raise UserError(f"ONNX Runtime and torch disagree: scores differ by up to {worst:.2e}")
         return f"ONNX Runtime vs torch on 3 random inputs: same detection counts, scores within {worst:.1e}"
-    ours, theirs = predictor.outputs(x), exported.outputs(x)
+    inputs = [x]
+    if predictor.meta.get("input_size") == "dynamic":  # any size: also another aspect, not a multiple of 32
+        inputs.append(np.random.default_rng(1).random((1, 3, h + 7, w + w // 2 + 3), dtype=np.float32))
     parts = []
-    for name, ref in ours.items():
-        ref = ref.numpy()
-        diff = float(np.abs(theirs[name].numpy() - ref).max())
-        scale = float(np.abs(ref).max()) or 1.0
-        parts.append(f"{name} max |diff| {diff:.1e} (scale {scale:.2g})")
-        if diff > 1e-3 * max(scale, 1.0):
-            raise UserError(f"ONNX Runtime and torch disagree on {name}: max |diff| {diff:.3g} at scale {scale:.3g}")
-    return "ONNX Runtime vs torch on 3 random inputs: " + ", ".join(parts)
+    for x in inputs:
+        ours, theirs = predictor.outputs(x), exported.outputs(x)
+        for name, ref in ours.items():
+            ref = ref.numpy()
+            diff = float(np.abs(theirs[name].numpy() - ref).max())
+            scale = float(np.abs(ref).max()) or 1.0
+            parts.append(f"{name} {'x'.join(map(str, x.shape[2:]))} max |diff| {diff:.1e} (scale {scale:.2g})")
+            if diff > 1e-3 * max(scale, 1.0):
+                raise UserError(f"ONNX Runtime and torch disagree on {name} at {x.shape[2]}x{x.shape[3]}: max |diff| "
+                                f"{diff:.3g} at scale {scale:.3g}")
+    return f"ONNX Runtime vs torch on {len(inputs) + 2} random inputs: " + ", ".join(parts)
 
 
 def _headline(kind: str, stats: dict) -> dict[str, float]:

@@ -48,7 +48,7 @@ from .glyphs import GLYPH_CLASSES, ensure_glyphs_dataset
 from ._datamodule import SplitDataModule
 from ._generated import embedded_root
 from .image_io import IMAGE_EXTENSIONS, check_image_headers, load_rgb_image, walk_image_files
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops
+from .transforms import AREA_FOR_DOWNSCALE, IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops
 
 import albumentations as A  # noqa: E402  (imported after .transforms, which disables the update check)
 
@@ -136,7 +136,7 @@ def classification_eval_transforms(
     if not 0.0 < resize_ratio <= 1.0:
         raise UserError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
     resize = max(image_size, int(image_size / resize_ratio))
-    ops = [A.SmallestMaxSize(max_size=resize), A.CenterCrop(image_size, image_size)]
+    ops = [A.SmallestMaxSize(max_size=resize, area_for_downscale=AREA_FOR_DOWNSCALE), A.CenterCrop(image_size, image_size)]
     return ClassificationTransform(ops + normalize_ops(mean, std, to_tensor), deterministic=True)
 
 
@@ -164,7 +164,8 @@ def classification_train_transforms(
     if not 0.0 < min_crop_scale <= 1.0:
         raise UserError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}")
     ops: list[A.BasicTransform] = [
-        A.RandomResizedCrop(size=(image_size, image_size), scale=(float(min_crop_scale), 1.0)),
+        A.RandomResizedCrop(size=(image_size, image_size), scale=(float(min_crop_scale), 1.0),
+                            area_for_downscale=AREA_FOR_DOWNSCALE),
         A.HorizontalFlip(p=0.5 if hflip else 0.0),
     ]
     if augment == "randaugment":

@@ -52,7 +52,7 @@ from ._generated import embedded_root
 from .image_io import (TRANSPOSING_ORIENTATIONS, is_image_file, load_rgb_image, missing_files, read_image_header,
                        walk_files)
 from .shapes import SHAPES_SEGMENTATION_CLASSES, ensure_shapes_dataset, shapes_paths
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops
+from .transforms import AREA_FOR_DOWNSCALE, IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops
 
 import albumentations as A  # noqa: E402  (imported after .transforms, which disables the update check)
 import cv2  # noqa: E402
@@ -564,7 +564,7 @@ def segmentation_train_transforms(
     ops: list[A.BasicTransform] = []
     if (scale_min, scale_max) != (1.0, 1.0):
         ops.append(A.RandomScale(scale_limit=(scale_min - 1.0, scale_max - 1.0), interpolation=cv2.INTER_LINEAR,
-                                 mask_interpolation=cv2.INTER_NEAREST, area_for_downscale="image", p=1.0))
+                                 mask_interpolation=cv2.INTER_NEAREST, area_for_downscale=AREA_FOR_DOWNSCALE, p=1.0))
     ops += [A.PadIfNeeded(crop_size, crop_size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=fill,
                           fill_mask=IGNORE_INDEX),
             A.RandomCrop(crop_size, crop_size)]
@@ -590,7 +590,7 @@ def segmentation_eval_transforms(
     ops: list[A.BasicTransform] = []
     if eval_size is not None:
         ops.append(A.SmallestMaxSize(max_size=int(eval_size), interpolation=cv2.INTER_LINEAR,
-                                     area_for_downscale="image"))
+                                     area_for_downscale=AREA_FOR_DOWNSCALE))
     return SegmentationTransform(ops + normalize_ops(mean, std, to_tensor), deterministic=True)
 
 

@@ -93,10 +93,16 @@ def evaluate_predictor(predictor: Predictor, dm: LightningDataModule, max_batche
             metrics.update([{"image_id": int(t["image_id"]), "boxes": torch.as_tensor(r["boxes"]),
                              "scores": torch.as_tensor(r["scores"]),
                              "labels": torch.as_tensor(r["labels"])} for t, r in zip(targets, results)])
-        elif kind == "segmentation":  # the images' unpadded parts, as 8-bit RGB, through the predictor's letterbox
-            rgbs = [np.clip(np.rint(image[:, :h, :w].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
-                    for image, (h, w) in zip(images, (t["input_size"] for t in batch[1]))]
-            for result, t in zip(predictor(rgbs), batch[1]):
+        elif kind == "segmentation":
+            for image, t in zip(images, batch[1]):
+                h, w = (int(v) for v in t["input_size"])
+                if predictor.meta["preprocess"]["resize"] == "short_side":
+                    # the loader's input is what the predictor's preprocessing gives (the same transform): each
+                    # image's unpadded part, masks mapped to the original labels' size as validation maps them
+                    result = predictor.run(np.ascontiguousarray(image[None, :, :h, :w]), [tuple(t["mask"].shape)])[0]
+                else:  # a fixed-size file: the image as 8-bit RGB through its letterbox
+                    rgb = np.clip(np.rint(image[:, :h, :w].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+                    result = predictor([rgb])[0]
                 mask = torch.from_numpy(result["mask"].astype(np.int64))
                 if tuple(mask.shape) != tuple(t["mask"].shape):
                     mask = torch.nn.functional.interpolate(mask[None, None].float(), size=tuple(t["mask"].shape),

@@ -128,9 +128,10 @@ def metadata_of(task: nn.Module, ckpt: dict[str, Any] | None = None) -> dict[str
             label_to_category_id=list(hp.label_to_category_id) if hp.label_to_category_id else None,
             outputs=["boxes", "scores"], score_thresh=float(net.score_thresh), nms_thresh=float(net.nms_thresh),
             topk_candidates=int(net.topk_candidates), detections_per_img=int(net.detections_per_img))
-    elif kind == "segmentation":
-        meta.update(preprocess={"resize": "longer_side_pad", "pad": "bottom_right, ImageNet mean"},
-                    outputs=["logits"], ignore_index=int(hp.ignore_index),
+    elif kind == "segmentation":  # the validation protocol: any size, shorter side to eval_size (None: as it is)
+        eval_size = data_hp.get("eval_size")
+        meta.update(preprocess={"resize": "short_side", "eval_size": None if eval_size is None else int(eval_size)},
+                    input_size="dynamic", outputs=["logits"], ignore_index=int(hp.ignore_index),
                     class_names=list(hp.class_names) if hp.class_names else [str(i) for i in range(hp.num_classes)])
     else:
         ratio = float(data_hp.get("resize_ratio", 0.875))

@@ -31,10 +31,15 @@ DEFAULT_OPSET = 18
 
 
 def _export_module(module: nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str],
-                   output_names: list[str], dynamic_batch: bool, opset: int):
+                   output_names: list[str], dynamic_batch: bool, opset: int, dynamic_hw: bool = False):
     import onnx
 
-    dynamic_shapes = tuple({0: torch.export.Dim("batch", min=1, max=4096)} for _ in args) if dynamic_batch else None
+    dims: dict[int, Any] = {}
+    if dynamic_batch:
+        dims[0] = torch.export.Dim("batch", min=1, max=4096)
+    if dynamic_hw:  # segmentation: any image size, as validation scores (not a multiple of the stride either)
+        dims[2], dims[3] = torch.export.Dim("height", min=33, max=8192), torch.export.Dim("width", min=33, max=8192)
+    dynamic_shapes = tuple(dict(dims) for _ in args) if dims else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -42,12 +47,15 @@ def _export_module(module: nn.Module, args: tuple[torch.Tensor, ...], input_name
                                     output_names=output_names, dynamic_shapes=dynamic_shapes, opset_version=opset,
                                     verbose=False, optimize=True)
     proto = program.model_proto
-    if dynamic_batch:  # name the batch dimension the same in every input and output
-        for value in [*proto.graph.input, *proto.graph.output]:
-            dims = value.type.tensor_type.shape.dim
-            if len(dims):
-                dims[0].ClearField("dim_value")
-                dims[0].dim_param = "batch"
+    names = {0: "batch"} if dynamic_batch else {}
+    if dynamic_hw:
+        names.update({2: "height", 3: "width"})
+    for value in [*proto.graph.input, *proto.graph.output]:  # one name per dynamic dimension, inputs and outputs
+        shape = value.type.tensor_type.shape.dim
+        for axis, name in names.items():
+            if axis < len(shape):
+                shape[axis].ClearField("dim_value")
+                shape[axis].dim_param = name
     return onnx.shape_inference.infer_shapes(proto)
 
 
@@ -151,7 +159,8 @@ def export_onnx(task: nn.Module, output: str | os.PathLike, *, ckpt: dict[str, A
                 quantize: Callable[[Any], Any] | None = None) -> Path:
     """Write ``task`` (a loaded mobilevision task) as ONNX to ``output``.
 
-    Input ``images`` float32 [B, 3, H, W] RGB in [0, 1] at the training resolution. Outputs: ``logits``
+    Input ``images`` float32 [B, 3, H, W] RGB in [0, 1] at the training resolution (segmentation: any H, W, as it
+    validates; the logits come at the input's size). Outputs: ``logits``
     (classification, geolocalization cells), or for detection ``boxes`` [B, A, 4] (input pixels) and ``scores``
     [B, A, C]; with ``nms`` instead ``detections`` [B, D, 6] and ``num_detections`` [B] (:func:`append_nms`).
     ``batch``: ``"dynamic"`` or a fixed batch size. ``quantize``: a function ``ModelProto -> ModelProto`` applied
@@ -171,7 +180,8 @@ def export_onnx(task: nn.Module, output: str | os.PathLike, *, ckpt: dict[str, A
     h, w = meta["image_size"]
     example = torch.rand(2 if dynamic else int(batch), 3, h, w)
     outputs = ["cls_logits", "bbox_regression"] if decoder is not None else ["logits"]
-    model = _export_module(network, (example,), ["images"], outputs, dynamic, opset)
+    model = _export_module(network, (example,), ["images"], outputs, dynamic, opset,
+                           dynamic_hw=meta.get("input_size") == "dynamic")
     if quantize is not None:
         model = quantize(model)
     if decoder is not None:

@@ -11,14 +11,14 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import albumentations as A
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
 from ..data.classification import classification_eval_transforms
-from ..data.transforms import IMAGENET_MEAN, mean_fill
+from ..data.segmentation import segmentation_eval_transforms
+from ..data.transforms import IMAGENET_MEAN, mean_fill, square_resize
 from ..detection.postprocess import select_detections
 from ..evaluation.coco import scale_boxes
 from ..tasks.geolocalization import locations_from_logits
@@ -61,9 +61,9 @@ class Predictor:
     * geolocalization: ``latitude``, ``longitude`` (the checkpoint's rule: best cell or top-k mean), the best
       ``cell`` (index and S2 ``cell_token``) and its ``prob``;
     * segmentation: ``mask``, the label map [H, W] at the image's own size (uint8 up to 256 classes), and
-      ``fractions``, each class's share of the pixels. The image is resized to fit the input (longer side, aspect
-      kept) and padded bottom / right with the ImageNet mean; the logits of the image's part are resized back
-      bilinearly before the argmax.
+      ``fractions``, each class's share of the pixels. As validation scores: the image at its own size and aspect
+      (shorter side resized to the data's ``eval_size`` when it had one), each image alone (no padding reaches the
+      network's global pooling), the logits resized back bilinearly before the argmax.
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "cpu", score_thresh: float | None = None,
@@ -89,9 +89,12 @@ class Predictor:
         self.score_thresh = float(self.meta.get("score_thresh", 0.0) if score_thresh is None else score_thresh)
         h, w = self.image_size
         if self.meta["preprocess"]["resize"] == "square":  # the detection validation resize
-            resize = A.Resize(h, w)
+            resize = square_resize(h, w)
             self._transform = lambda image: resize(image=image)["image"]
-        elif self.meta["preprocess"]["resize"] == "longer_side_pad":  # segmentation
+        elif self.meta["preprocess"]["resize"] == "short_side":  # segmentation, as it validates: any size
+            transform = segmentation_eval_transforms(self.meta["preprocess"].get("eval_size"), to_tensor=False)
+            self._transform = lambda image: transform(image)[0]
+        elif self.meta["preprocess"]["resize"] == "longer_side_pad":  # segmentation files of format version 1
             self._transform = lambda image: letterbox(image, self.image_size)
         else:  # short side + center crop, as classification validates
             self._transform = classification_eval_transforms(h, self.meta["preprocess"]["resize_ratio"],
@@ -138,11 +141,19 @@ class Predictor:
     def __call__(self, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
         if not len(images):
             return []
-        return self.run(np.stack([self.preprocess(img) for img in images]), [img.shape[:2] for img in images])
+        inputs = [self.preprocess(img) for img in images]
+        sizes = [img.shape[:2] for img in images]
+        results: list[dict[str, Any] | None] = [None] * len(images)
+        shapes = [x.shape for x in inputs]
+        for shape in dict.fromkeys(shapes):  # one batch per input size (segmentation keeps each image's own size)
+            idx = [i for i, s in enumerate(shapes) if s == shape]
+            for i, result in zip(idx, self.run(np.stack([inputs[i] for i in idx]), [sizes[i] for i in idx])):
+                results[i] = result
+        return results  # type: ignore[return-value]
 
     def run(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
         """Predictions for a preprocessed batch [B, 3, H, W] of images whose original sizes are ``sizes``
-        (``(height, width)`` each: detections are mapped back to them)."""
+        (``(height, width)`` each: detections and masks are mapped back to them)."""
         out = self.outputs(batch)
         if self.kind == "detection":
             return self._detections(out, sizes)
@@ -192,8 +203,9 @@ class Predictor:
     def _masks(self, logits: torch.Tensor, sizes) -> list[dict[str, Any]]:
         results = []
         dtype = np.uint8 if logits.shape[1] <= 256 else np.int64
+        padded = self.meta["preprocess"]["resize"] == "longer_side_pad"
         for scores, (h, w) in zip(logits, sizes):
-            nh, nw = letterbox_shape(h, w, self.image_size)
+            nh, nw = letterbox_shape(h, w, self.image_size) if padded else scores.shape[-2:]
             scores = scores[:, :nh, :nw].float()
             if (nh, nw) != (h, w):
                 scores = F.interpolate(scores[None], size=(int(h), int(w)), mode="bilinear", align_corners=False)[0]

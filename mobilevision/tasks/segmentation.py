@@ -23,9 +23,9 @@ class SegmentationTask(BackboneTask):
 
     Batches (:class:`~mobilevision.data.SegmentationDataModule`): training ``(images [B, 3, S, S], masks [B, S, S])``;
     evaluation ``(images [B, 3, H, W], targets)``, each target with ``mask`` (original resolution), ``input_size``
-    (the image's unpadded part of the tensor) and ``orig_size``: logits are cropped to ``input_size``, resized
-    bilinearly to ``orig_size`` and scored there (the VOC protocol), so a resized evaluation input is still scored
-    on the original labels.
+    (the image's unpadded part of the tensor) and ``orig_size``: the network runs on each image's unpadded part,
+    its logits are resized bilinearly to ``orig_size`` and scored there (the VOC protocol), so a resized evaluation
+    input is still scored on the original labels, and the batch size changes nothing.
 
     Args:
         backbone, width, backbone_kwargs, head, output_stride, aspp, atrous_rates, tap, head_channels: the network
@@ -97,19 +97,28 @@ class SegmentationTask(BackboneTask):
 
     def segment(self, images: torch.Tensor, targets: Sequence[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per image: log-probabilities [C, h0, w0] at its original size (of the logits, or of the MF-averaged
-        probabilities with ``eval_scales`` / ``eval_flip``) and the label map."""
+        probabilities with ``eval_scales`` / ``eval_flip``) and the label map.
+
+        The network sees each image's own region only (``input_size``; images of one size run as one batch): the
+        zero padding of a batch of different sizes never reaches the global pooling of ASPP / LR-ASPP, so the result
+        does not depend on the batch size, and equals what an exported model gives on the image alone."""
         net = self.eval_model()
-        x = self._prepare(images)
-        logits = net(x)
         scales = tuple(self.hparams.eval_scales or (1.0,))
         mf = scales != (1.0,) or bool(self.hparams.eval_flip)
-        scores = multi_scale_probs(net, x, scales, bool(self.hparams.eval_flip), logits) if mf else logits
+        sizes = [tuple(int(v) for v in t["input_size"]) for t in targets]
+        scores: list[torch.Tensor | None] = [None] * len(targets)
+        for size in dict.fromkeys(sizes):
+            idx = [i for i, s in enumerate(sizes) if s == size]
+            x = self._prepare(images[idx, :, : size[0], : size[1]])
+            logits = net(x)
+            group = multi_scale_probs(net, x, scales, bool(self.hparams.eval_flip), logits) if mf else logits
+            for i, s in zip(idx, group):
+                scores[i] = s
         out_scores, labels = [], []
         for s, t in zip(scores, targets):
-            h, w = (int(v) for v in t["input_size"])
-            s = s[:, :h, :w].float()
+            s = s.float()
             size = tuple(int(v) for v in t["orig_size"])
-            if (h, w) != size:
+            if tuple(s.shape[-2:]) != size:
                 s = F.interpolate(s[None], size=size, mode="bilinear", align_corners=False)[0]
             s = s.clamp_min(1e-12).log() if mf else s.log_softmax(dim=0)
             out_scores.append(s)
