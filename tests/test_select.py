@@ -370,6 +370,28 @@ def test_ssdlite_sweep_writes_a_config_that_trains(tmp_path, one_thread):
     assert config["model"]["class_path"].endswith("DetectionTask")
     assert (config["model"]["init_args"]["backbone"], config["model"]["init_args"]["width"],
             config["data"]["init_args"]["image_size"]) == ("mobilenet_v2", 0.35, 128)
+    # the network select timed is the one the config builds: the recipe's first_stride and default boxes, the
+    # same parameters and MAdds, and re-measured alone it meets the budget
+    import torch
+
+    from mobilevision.cli.train import CONFIG_DIR
+    from mobilevision.deploy import deployable
+    from mobilevision.evaluation.complexity import count_madds, count_params, measure_latency
+    from mobilevision.tasks import DetectionTask
+
+    recipe = yaml.safe_load((CONFIG_DIR / "ssdlite/shapes.yaml").read_text())["model"]["init_args"]
+    init = config["model"]["init_args"]
+    assert all(init[k] == recipe[k] for k in ("first_stride", "min_ratio", "max_ratio"))
+    built = DetectionTask(**{k: v for k, v in init.items() if k in DetectionTask.__init__.__code__.co_varnames},
+                          num_classes=80, image_size=config["data"]["init_args"]["image_size"])
+    network, decoder = deployable(built)
+    pick = rows["ssdlite_mobilenet_v2_0.35_128"]
+    assert count_params(network) == int(pick["params"])
+    assert count_madds(network, (1, 3, 128, 128)) == int(pick["madds"])
+    with torch.inference_mode():
+        x = torch.rand(1, 3, 128, 128)
+        stats = measure_latency(torch.nn.Sequential(network), x, warmup=1, repeats=5)
+    assert stats["p90_ms"] <= 1000
     cli = train(["fit", "--config", str(folder / "config.yaml"),
                  "--data.init_args.shapes_root", str(tmp_path / "shapes"), "--data.init_args.shapes_num_train", "4",
                  "--data.init_args.shapes_num_val", "2",

@@ -1,7 +1,8 @@
 """The ``mobilevision`` command (also ``python -m mobilevision``): one subcommand per module of this package.
 
-    mobilevision train      --task ssdlite --backbone mobilenet_v2 [LightningCLI arguments]   (cli/train.py)
-    mobilevision eval       coco|classification|geolocalization ...                           (cli/eval.py)
+    mobilevision train      --task ssdlite|classification|geolocalization|segmentation
+                            [--backbone B[@WIDTH]] [LightningCLI arguments]                     (cli/train.py)
+    mobilevision eval       coco|classification|geolocalization|segmentation ...              (cli/eval.py)
     mobilevision predict    --model CKPT_OR_ONNX --source PATH [PATH ...] --output DIR       (cli/predict.py)
     mobilevision export     --checkpoint CKPT --output model.onnx [--nms] [--int8 ...]       (cli/export.py)
     mobilevision benchmark  [--quick] [--sections ...]                                      (cli/benchmark.py)
@@ -21,8 +22,9 @@ __all__ = ["SUBCOMMANDS", "main", "report_errors"]
 
 #: subcommand -> (module of this package, one-line help)
 SUBCOMMANDS = {
-    "train": ("train", "train / validate / test a task (LightningCLI with --task and --backbone shortcuts)"),
-    "eval": ("eval", "score a checkpoint or a predictions file: COCO mAP, top-1/top-5, km accuracy"),
+    "train": ("train", "train / validate / test a task: --task ssdlite (detection), classification, "
+                       "geolocalization or segmentation, on any --backbone (LightningCLI)"),
+    "eval": ("eval", "score a checkpoint or a predictions file: COCO mAP, top-1/top-5, km accuracy, mIoU"),
     "predict": ("predict", "run a checkpoint or an ONNX file on images, folders, globs and videos"),
     "export": ("export", "export a checkpoint to ONNX (optionally int8), checked against ONNX Runtime"),
     "benchmark": ("benchmark", "params, MAdds and latency of the backbones, detectors and runtimes"),

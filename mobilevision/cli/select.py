@@ -18,8 +18,10 @@ this machine with random weights (latency does not depend on them), in the chose
 - ``onnxruntime`` / ``onnxruntime-int8``: the file ``mobilevision export`` writes (float32, or int8 calibrated on
   random images), on ONNX Runtime's CPU provider with N intra-op threads.
 
-Detectors are timed up to the decoded boxes and scores (what the export outputs without ``--nms``): the selection
-of detections depends on the scores, which random weights make meaningless.
+Every candidate is built with the network-shaping settings of the task's default recipe (for ``ssdlite`` its
+``first_stride`` and default boxes: :data:`ARCHITECTURE_ARGS`), and the written config keeps them: the network timed is
+the network the config trains. Detectors are timed up to the decoded boxes and scores (what the export outputs
+without ``--nms``): the selection of detections depends on the scores, which random weights make meaningless.
 
 All candidates are timed interleaved (every round runs each once, rotating the order): warm-up, then ``--repeats``
 rounds (fewer once ``--time-budget-s`` has passed); the median and p90 of each are kept. oneDNN's primitive cache
@@ -28,14 +30,17 @@ the whole grid evicts every network's compiled kernels between two of its calls,
 slower than when they run alone. Each timed run follows ``--settle`` untimed runs of the same network (default 1):
 otherwise it starts with the CPU caches full of the other networks' weights (right after an EfficientNet-B5 run,
 MobileNetV1 0.25 at 128 px took twice as long as in a loop), while a deployed network runs in a loop. Results are cached per
-device and runtime in ``OUTPUT/latency_cache/DEVICE__RUNTIME.json`` (with the batch, threads and library versions
-of each entry), exports in ``OUTPUT/onnx/``, so another budget is answered from the cache at once (``--remeasure``
+device and runtime in ``OUTPUT/latency_cache/DEVICE__RUNTIME.json``, keyed by the recipe's network settings, batch,
+threads, settle, warm-up and repeats, and reused only with the same library versions (each entry holds both the
+median and the p90, so ``--statistic`` reads the same entry), exports in ``OUTPUT/onnx/``, so another budget is answered from the cache at once (``--remeasure``
 measures again). The front and the budget use ``--statistic`` (p90 by default: the pick stays within the budget
 in 9 runs out of 10).
 
 Accuracy is the published ImageNet top-1 of each point (``mobilevision/evaluation/imagenet_accuracy.csv``, which
 names the source of every row), not measured here; a point without a published figure is listed without one and
-never picked. For ``ssdlite`` it is the backbone's top-1, and at the same backbone a larger input counts as better.
+never picked. For ``ssdlite`` it is the backbone's top-1, and at the same backbone a larger input counts as better
+(COCO AP is published for two points only, SSDLite-MobileNetV1 / V2 at 320: 22.2 / 22.1, MobileNetV2 paper
+Table 6). A pick names the ImageNet weights ``backbone_weights: imagenet`` can load for it, or says there are none.
 
 Writes to ``OUTPUT/TASK_RUNTIME_Bms/``: ``report.md`` (the front, the pick, the correlation, every candidate),
 ``candidates.csv``, ``pareto.png`` (every candidate, the front, the budget line) and ``config.yaml``: the task's
@@ -217,16 +222,20 @@ class LatencyCache:
                 self.data = data
 
     @staticmethod
-    def key(point: GridPoint, batch: int, threads: int, settle: int) -> str:
-        return f"{point.task}/{point.name}/batch{batch}/threads{threads}/settle{settle}"
+    def key(point: GridPoint, protocol: dict[str, Any]) -> str:
+        """The point and everything that changes its numbers: the network-shaping recipe settings, batch, threads
+        and the timing protocol (settle, warm-up, repeats). Both statistics (median, p90) are in every entry, so
+        ``--statistic`` reads the same entry."""
+        p = protocol
+        return (f"{point.task}/{point.name}/{p['arch']}/batch{p['batch']}/threads{p['threads']}/settle{p['settle']}"
+                f"/warmup{p['warmup']}/repeats{p['repeats']}")
 
-    def get(self, point: GridPoint, batch: int, threads: int, settle: int,
-            versions: dict[str, str]) -> dict[str, Any] | None:
-        entry = self.data["entries"].get(self.key(point, batch, threads, settle))
+    def get(self, point: GridPoint, protocol: dict[str, Any], versions: dict[str, str]) -> dict[str, Any] | None:
+        entry = self.data["entries"].get(self.key(point, protocol))
         return entry if entry and entry.get("versions") == versions else None
 
-    def put(self, point: GridPoint, batch: int, threads: int, settle: int, entry: dict[str, Any]) -> None:
-        self.data["entries"][self.key(point, batch, threads, settle)] = entry
+    def put(self, point: GridPoint, protocol: dict[str, Any], entry: dict[str, Any]) -> None:
+        self.data["entries"][self.key(point, protocol)] = entry
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,12 +247,38 @@ class LatencyCache:
 
 # -- building and running candidates ---------------------------------------------------------------
 
-def build_task(point: GridPoint):
-    """The task of ``point`` with random weights: the 1000-class classifier or the 80-class SSDLite."""
+#: Settings of the task's default recipe that shape the network (and so its latency): the network timed is built
+#: with them, and the written config keeps them, so the pick is the network that gets trained.
+ARCHITECTURE_ARGS = {"classification": ("dropout",),
+                     "ssdlite": ("first_stride", "min_ratio", "max_ratio", "score_thresh", "nms_thresh",
+                                 "detections_per_img")}
+
+
+def recipe_architecture(task: str) -> dict[str, Any]:
+    """The network-shaping settings of ``task``'s default recipe (``first_stride``, default boxes, ...)."""
+    import yaml
+
+    from .train import CONFIG_DIR, TASKS as TRAIN_TASKS
+
+    config = yaml.safe_load((CONFIG_DIR / TRAIN_TASKS[task].default_config).read_text())
+    init = (config.get("model") or {}).get("init_args") or {}
+    return {k: init[k] for k in ARCHITECTURE_ARGS[task] if k in init}
+
+
+def architecture_tag(arch: dict[str, Any]) -> str:
+    """A short, stable text of ``arch`` for cache keys (``first_stride=8,max_ratio=0.9,...``)."""
+    return ",".join(f"{k}={arch[k]}" for k in sorted(arch)) or "defaults"
+
+
+def build_task(point: GridPoint, arch: dict[str, Any] | None = None):
+    """The task of ``point`` with random weights: the 1000-class classifier or the 80-class SSDLite, with the
+    network-shaping settings ``arch`` (default: the task's recipe's, :func:`recipe_architecture`)."""
     from ..tasks import ClassificationTask, DetectionTask
 
     cls, classes = (ClassificationTask, 1000) if point.task == "classification" else (DetectionTask, 80)
-    return cls(backbone=point.backbone, width=point.width, num_classes=classes, image_size=point.image_size).eval()
+    arch = recipe_architecture(point.task) if arch is None else arch
+    return cls(backbone=point.backbone, width=point.width, num_classes=classes, image_size=point.image_size,
+               **arch).eval()
 
 
 def _torch_runner(task, batch: int, inputs: dict) -> tuple[Callable[[], Any], Any]:
@@ -481,6 +516,8 @@ def write_config(pick: Candidate, task: str, path: Path, header: Sequence[str]) 
     model["backbone"] = pick.point.backbone
     model["width"] = pick.point.width  # null: the backbone's own (MobileOne, EfficientNet B0-B7)
     model.pop("backbone_weights", None)
+    model.pop("backbone_kwargs", None)  # the recipe's knobs of its own backbone
+    model.update(recipe_architecture(task))  # what select timed (already the recipe's; stated for the reader)
     config["data"].setdefault("init_args", {})["image_size"] = pick.point.image_size
     config.setdefault("trainer", {})["default_root_dir"] = f"outputs/select_{pick.name}"
     class Dumper(yaml.SafeDumper):  # quote strings such as "00:01:00:00" (YAML 1.1 reads some as base-60 numbers)
@@ -549,8 +586,9 @@ def run(args: argparse.Namespace) -> int:
     versions = runtime_versions(args.runtime)
     cache = LatencyCache(args.output / "latency_cache" / f"{device_slug()}__{args.runtime}.json", device,
                          args.runtime)
-    cached = {} if args.remeasure else {p.name: cache.get(p, args.batch, threads, args.settle, versions)
-                                          for p in points}
+    protocol = {"arch": architecture_tag(recipe_architecture(args.task)), "batch": args.batch, "threads": threads,
+                "settle": args.settle, "warmup": args.warmup, "repeats": args.repeats}
+    cached = {} if args.remeasure else {p.name: cache.get(p, protocol, versions) for p in points}
     missing = [p for p in points if not cached.get(p.name)]
     console.print(f"[bold]mobilevision select[/]: --task {args.task}, budget {_budget_str(args.latency_ms)} ms "
                   f"({args.statistic}), runtime {args.runtime}, {threads} threads, batch {args.batch}")
@@ -566,7 +604,7 @@ def run(args: argparse.Namespace) -> int:
         for entry in measured.values():
             entry["busy_cpus"] = [before, after]  # kept busy by other processes before / after measuring
         for p in missing:
-            cache.put(p, args.batch, threads, args.settle, measured[p.name])
+            cache.put(p, protocol, measured[p.name])
         cache.save()
         cached.update(measured)
 
@@ -641,14 +679,14 @@ def run(args: argparse.Namespace) -> int:
                    f"({acc.published_name}; {acc.source}); {pick.madds / 1e6:.0f} M MAdds, "
                    f"{pick.params / 1e6:.2f} M params.")
         n_fit = sum(c.latency_ms(args.statistic) <= args.latency_ms for c in candidates if c.top1 is not None)
-        verdict += f" ({n_fit} of {len(candidates)} candidates fit the budget.)"
+        verdict += f" ({n_fit} of {len(candidates)} candidates fit the budget.) " + weights_note(pick)
         console.print(f"[bold green]{verdict}[/]")
         header = [f"Written by `mobilevision select --task {args.task} --latency-ms {_budget_str(args.latency_ms)} "
                   f"--runtime {args.runtime}` on {datetime.date.today().isoformat()}.",
                   f"Pick: {pick.name}: {args.runtime} {args.statistic} {pick.latency_ms(args.statistic):.2f} ms "
                   f"(median {pick.latency['median_ms']:.2f} ms), {threads} threads, batch {args.batch}, on {device};",
                   f"published ImageNet top-1 {acc.top1:.1f} ({acc.published_name}), {pick.madds / 1e6:.0f} M MAdds, "
-                  f"{pick.params / 1e6:.2f} M params."]
+                  f"{pick.params / 1e6:.2f} M params.", weights_note(pick)]
         files.append(write_config(pick, args.task, out_dir / "config.yaml", header))
         if args.verify:
             verdict += "\n\n" + verify(pick, args, threads, console)
@@ -663,6 +701,21 @@ def run(args: argparse.Namespace) -> int:
     files.insert(0, report)
     console.print("wrote " + ", ".join(str(f) for f in files) + f" ({time.perf_counter() - t_start:.1f} s)")
     return 0 if pick is not None else 1
+
+
+def weights_note(pick: Candidate) -> str:
+    """Which ImageNet weights can bring the pick near the quoted top-1 (only what ``backbone_weights: imagenet``
+    loads; the quoted figure is the published checkpoint's)."""
+    from ..models.pretrained import imagenet_weights
+
+    what = "the backbone" if pick.point.task == "ssdlite" else "the classifier"
+    source = imagenet_weights(pick.point.backbone, pick.point.width)
+    if source is None:
+        return (f"Weights: mobilevision has no ImageNet weights for {pick.point.backbone_label} (only the variants at "
+                f"their own width load them); the quoted top-1 is the published checkpoint's ({pick.accuracy.source}), "
+                f"which {what} reaches only when trained on ImageNet as published.")
+    return (f"Weights: backbone_weights: imagenet loads {source} into {what} (published top-1 of those weights may "
+            f"differ from the quoted {pick.accuracy.published_name}).")
 
 
 def verify(pick: Candidate, args: argparse.Namespace, threads: int, console) -> str:

@@ -31,7 +31,7 @@ from ..errors import UserError
 if TYPE_CHECKING:
     from .classifier import ImageClassifier
 
-__all__ = ["load_pretrained"]
+__all__ = ["imagenet_weights", "load_pretrained"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,16 @@ _IMAGENET = {"mobilenet_v1": ("timm", "mobilenetv1_100"),
              "mobilenet_v2": ("torchvision", "MobileNet_V2_Weights.IMAGENET1K_V1"),
              **{f"efficientnet_b{i}": ("torchvision", f"EfficientNet_B{i}_Weights.IMAGENET1K_V1") for i in range(8)},
              **{f"mobileone_s{i}": ("timm", f"mobileone_s{i}") for i in range(5)}}
+
+def imagenet_weights(backbone: str, width: float | None = None) -> str | None:
+    """What ``weights="imagenet"`` loads for ``backbone`` at ``width`` (``"torchvision MobileNet_V2_Weights..."``,
+    ``"timm mobileone_s0"``), or None: ImageNet weights exist here only for the registered variants at their own
+    width (width None or 1.0)."""
+    if backbone not in _IMAGENET or (width is not None and float(width) != 1.0):
+        return None
+    source, name = _IMAGENET[backbone]
+    return f"{source} {name}"
+
 
 # BatchNorm eps of sources whose layers differ from ours (torchvision builds EfficientNet-B5..B7 with 1e-3,
 # timm and mobilevision with 1e-5): folded into running_var, so eval outputs match exactly.
