@@ -146,3 +146,21 @@ def test_eval_segmentation_errors_name_the_file(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no mask"):
         evaluate_mask_folders(pred_dir, tmp_path / "empty", 3)
+
+
+def test_mask_folders_are_walked_like_every_folder(tmp_path):
+    """Hidden folders (``.git``) and files (macOS ``._x.png``) in a predictions folder are not masks; sub-folders
+    are (the project's one folder walker)."""
+    from mobilevision.data.image_io import save_index_mask
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    mask = np.array([[0, 1], [1, 1]], np.uint8)
+    for root in (gt, pred):
+        save_index_mask(mask, root / "a.png")
+        save_index_mask(mask, root / "sub" / "b.png")
+    save_index_mask(np.zeros((2, 2), np.uint8), pred / ".git" / "c.png")
+    (pred / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    out = tmp_path / "stats.json"
+    assert eval_main(["segmentation", "--predictions", str(pred), "--ground-truth", str(gt), "--num-classes", "2",
+                      "--json-out", str(out)]) == 0
+    assert json.loads(out.read_text())["miou"] == pytest.approx(1.0)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,6 +36,7 @@ import pillow_heif
 from PIL import Image, ImageOps
 
 from ..errors import ImageDecodeError, UserError
+from ..files import is_hidden, walk_files
 
 pillow_heif.register_heif_opener()  # .heic / .heif; Pillow reads .avif itself
 
@@ -66,30 +67,9 @@ _EXIF_ORIENTATION = 0x0112
 TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 
 
-def is_hidden(name: str) -> bool:
-    """A hidden file or folder name (``.git``, ``.DS_Store``, macOS ``._x.jpg``); not ``.`` / ``..``."""
-    return name.startswith(".") and name not in (".", "..")
-
-
 def is_image_file(name: str) -> bool:
     """True for a non-hidden file name with an image extension (``IMAGE_EXTENSIONS``)."""
     return not is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def walk_files(folder: str | os.PathLike, keep: Callable[[str], bool] = is_image_file,
-               skipped: list[str] | None = None) -> Iterator[str]:
-    """Paths of the files under ``folder`` whose name ``keep`` accepts: recursive (following links), sorted,
-    hidden files and folders left out. Other files are appended to ``skipped`` when it is given."""
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-        for name in sorted(filenames):
-            if is_hidden(name):
-                continue
-            path = os.path.join(dirpath, name)
-            if keep(name):
-                yield path
-            elif skipped is not None:
-                skipped.append(path)
 
 
 def walk_image_files(folder: str | os.PathLike, skipped: list[str] | None = None) -> list[str]:

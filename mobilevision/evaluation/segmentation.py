@@ -19,6 +19,7 @@ import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from ..errors import UserError
+from ..files import walk_files
 
 __all__ = ["IGNORE_INDEX", "SEGMENTATION_KEYS", "evaluate_mask_folders", "read_index_mask", "save_segmentation_json",
            "segmentation_metrics", "summarize_confusion"]
@@ -86,9 +87,7 @@ def _masks(folder: Path, what: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} folder {folder} does not exist")
     found: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in MASK_EXTENSIONS or path.name.startswith(".") or not path.is_file():
-            continue
+    for path in map(Path, walk_files(folder, lambda name: name.lower().endswith(MASK_EXTENSIONS))):
         stem = path.relative_to(folder).with_suffix("").as_posix()
         if stem in found:
             raise UserError(f"{what}: two masks named {stem!r} in {folder} ({found[stem].name}, {path.name})")
