@@ -3,10 +3,12 @@ ImageNet backbone weights, MobileOne folding for evaluation, EMA, channels-last 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -15,6 +17,11 @@ from ..models import ImageClassifier, create_classifier, load_pretrained
 from ._ema import EMA
 from ._optim import build_optimizer, param_groups, schedule
 from .checkpoint import check_finite_weights
+
+
+# The evaluation metrics are logged already synced over the processes (torchmetrics' compute()); Lightning would
+# still advise sync_dist=True for each of them under DDP, once per metric, in every run.
+warnings.filterwarnings("ignore", r"It is recommended to use `self\.log\('(val|test)/", PossibleUserWarning)
 
 
 def eval_losses() -> nn.ModuleDict:
