@@ -56,18 +56,18 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import json
+import functools
 import math
 import os
 import platform
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import UserError
 from ..evaluation.complexity import cpu_name
+from ..evaluation.latency_cache import LatencyCache, runtime_versions
 from ..evaluation.selection import (
     DETECTION_SIZES,
     FAMILIES,
@@ -90,7 +90,6 @@ RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")
 ACCURACY_NOTE = ("Top-1 = published ImageNet-1k accuracy of the original checkpoints (source of every row in "
                  "mobilevision/evaluation/imagenet_accuracy.csv), not measured here; latencies are measured here "
                  "with random weights.")
-CACHE_FORMAT = 1
 
 
 # -- arguments --------------------------------------------------------------------------------------
@@ -194,57 +193,6 @@ def busy_warning(busy: Sequence[float | None], threads: int) -> str | None:
             f"threads asked): latencies are inflated; measure again when the machine is idle (--remeasure).")
 
 
-def runtime_versions(runtime: str) -> dict[str, str]:
-    import torch
-
-    versions = {"torch": torch.__version__.split("+")[0], "format": str(CACHE_FORMAT)}
-    if runtime != "torch":
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
-    return versions
-
-
-class LatencyCache:
-    """Measurements of one device and runtime: ``{"device", "runtime", "entries": {key: entry}}`` in a JSON file;
-    an entry (latency stats, MAdds, params, versions, date) is reused only for the same batch, threads and library
-    versions."""
-
-    def __init__(self, path: Path, device: str, runtime: str) -> None:
-        self.path = Path(path)
-        self.data: dict[str, Any] = {"device": device, "runtime": runtime, "entries": {}}
-        if self.path.is_file():
-            try:
-                data = json.loads(self.path.read_text())
-            except json.JSONDecodeError as e:
-                raise UserError(f"latency cache {self.path} is not valid JSON ({e}); delete it to measure again")
-            if isinstance(data, dict) and isinstance(data.get("entries"), dict):
-                self.data = data
-
-    @staticmethod
-    def key(point: GridPoint, protocol: dict[str, Any]) -> str:
-        """The point and everything that changes its numbers: the network-shaping recipe settings, batch, threads
-        and the timing protocol (settle, warm-up, repeats). Both statistics (median, p90) are in every entry, so
-        ``--statistic`` reads the same entry."""
-        p = protocol
-        return (f"{point.task}/{point.name}/{p['arch']}/batch{p['batch']}/threads{p['threads']}/settle{p['settle']}"
-                f"/warmup{p['warmup']}/repeats{p['repeats']}")
-
-    def get(self, point: GridPoint, protocol: dict[str, Any], versions: dict[str, str]) -> dict[str, Any] | None:
-        entry = self.data["entries"].get(self.key(point, protocol))
-        return entry if entry and entry.get("versions") == versions else None
-
-    def put(self, point: GridPoint, protocol: dict[str, Any], entry: dict[str, Any]) -> None:
-        self.data["entries"][self.key(point, protocol)] = entry
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.data, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
-
-
 # -- building and running candidates ---------------------------------------------------------------
 
 #: Settings of the task's default recipe that shape the network (and so its latency): the network timed is built
@@ -254,15 +202,20 @@ ARCHITECTURE_ARGS = {"classification": ("dropout",),
                                  "detections_per_img")}
 
 
-def recipe_architecture(task: str) -> dict[str, Any]:
-    """The network-shaping settings of ``task``'s default recipe (``first_stride``, default boxes, ...)."""
+@functools.lru_cache(maxsize=None)
+def _recipe_architecture(task: str) -> tuple[tuple[str, Any], ...]:
     import yaml
 
     from .train import CONFIG_DIR, TASKS as TRAIN_TASKS
 
     config = yaml.safe_load((CONFIG_DIR / TRAIN_TASKS[task].default_config).read_text())
     init = (config.get("model") or {}).get("init_args") or {}
-    return {k: init[k] for k in ARCHITECTURE_ARGS[task] if k in init}
+    return tuple((k, init[k]) for k in ARCHITECTURE_ARGS[task] if k in init)
+
+
+def recipe_architecture(task: str) -> dict[str, Any]:
+    """The network-shaping settings of ``task``'s default recipe (``first_stride``, default boxes, ...), read once."""
+    return dict(_recipe_architecture(task))
 
 
 def architecture_tag(arch: dict[str, Any]) -> str:
@@ -516,8 +469,7 @@ def write_config(pick: Candidate, task: str, path: Path, header: Sequence[str]) 
     model["backbone"] = pick.point.backbone
     model["width"] = pick.point.width  # null: the backbone's own (MobileOne, EfficientNet B0-B7)
     model.pop("backbone_weights", None)
-    model.pop("backbone_kwargs", None)  # the recipe's knobs of its own backbone
-    model.update(recipe_architecture(task))  # what select timed (already the recipe's; stated for the reader)
+    model.pop("backbone_kwargs", None)  # the recipe's knobs of its own backbone; its network settings stay (timed)
     config["data"].setdefault("init_args", {})["image_size"] = pick.point.image_size
     config.setdefault("trainer", {})["default_root_dir"] = f"outputs/select_{pick.name}"
     class Dumper(yaml.SafeDumper):  # quote strings such as "00:01:00:00" (YAML 1.1 reads some as base-60 numbers)
