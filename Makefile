@@ -13,21 +13,27 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,fast-coco]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,fast-coco,mobile]"
 	touch $(STAMP)
 
 # The main job on the embedded default data: generate shapes (first run), train SSDLite-MobileNetV2 for a fixed
 # number of optimizer steps, evaluate (12 COCO stats -> outputs/demo/metrics.json), draw predictions, then the
-# road to the device: export to ONNX (checked against ONNX Runtime) and predict with the ONNX file on val images.
+# road to the device: export to ONNX (checked against ONNX Runtime) and to ExecuTorch (.pte, XNNPACK, checked
+# against executorch.runtime), predict the validation images with the .pte and score those predictions with the
+# same COCO evaluation at the score threshold the checkpoint evaluates with (outputs/demo/metrics_pte.json: the
+# same AP as the checkpoint's).
+SHAPES = $$($(PY) -c 'from mobilevision.data import embedded_root; print(embedded_root("shapes"))')
 demo: install
 	rm -rf outputs/demo
 	$(VENV)/bin/mobilevision train --task ssdlite --checkpoint.dirpath outputs/demo/checkpoints
 	$(VENV)/bin/mobilevision eval coco --checkpoint outputs/demo/checkpoints/last.ckpt \
 	    --json-out outputs/demo/metrics.json --draw outputs/demo/predictions.png
 	$(VENV)/bin/mobilevision export --checkpoint outputs/demo/checkpoints/last.ckpt --output outputs/demo/shapes.onnx
-	$(VENV)/bin/mobilevision predict --model outputs/demo/shapes.onnx \
-	    --source "$$($(PY) -c 'from mobilevision.data import embedded_root; print(embedded_root("shapes"))')/val/00000?.jpg" \
-	    --output outputs/demo/predict
+	$(VENV)/bin/mobilevision export --checkpoint outputs/demo/checkpoints/last.ckpt --output outputs/demo/shapes.pte
+	$(VENV)/bin/mobilevision predict --model outputs/demo/shapes.pte --source "$(SHAPES)/val" \
+	    --annotations "$(SHAPES)/instances_val.json" --score-thresh 0.01 --quiet --output outputs/demo/predict_pte
+	$(VENV)/bin/mobilevision eval coco --annotations "$(SHAPES)/instances_val.json" \
+	    --results outputs/demo/predict_pte/predictions.json --json-out outputs/demo/metrics_pte.json
 
 test: install
 	$(PY) -m pytest -q tests

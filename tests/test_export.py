@@ -233,7 +233,7 @@ def test_export_command_int8_reports_both_models(shapes_checkpoint, tmp_path, ca
     text = capsys.readouterr().out
     assert rc == 0, text
     assert out.is_file() and (tmp_path / "det_fp32.onnx").is_file()
-    assert "ONNX Runtime vs torch" in text and "float32" in text and "int8" in text and "AP50" in text
+    assert "onnxruntime (CPUExecutionProvider) vs torch" in text and "float32" in text and "int8" in text and "AP50" in text
     assert read_metadata(out)["int8"] and not read_metadata(tmp_path / "det_fp32.onnx")["int8"]
     # int8 network, float decoding / softmax / NMS: they never read a dequantized int8 tensor
     graph = onnx.load(out).graph

@@ -12,10 +12,10 @@ from mobilevision.evaluation import complexity
 
 
 def test_export_and_select_report_the_same_p90_for_the_same_runs(monkeypatch):
-    """``export``'s ONNX latency (deploy.evaluate.onnx_latency_ms) and ``select`` / ``benchmark``
+    """``export``'s latency (deploy.evaluate.latency_ms) and ``select`` / ``benchmark``
     (evaluation.time_interleaved) time with one clock and summarize with one p90: numpy's interpolated
     percentile of the runs, checked on a clock whose run times are known."""
-    from mobilevision.deploy.evaluate import onnx_latency_ms
+    from mobilevision.deploy.evaluate import latency_ms
 
     durations = [0.004, 0.001, 0.009, 0.002, 0.0031, 0.0075, 0.005, 0.0012, 0.0044, 0.006]  # p90 between two runs
     clock = {"t": 0.0, "i": 0}
@@ -25,13 +25,14 @@ def test_export_and_select_report_the_same_p90_for_the_same_runs(monkeypatch):
 
     class Model:
         meta = {"image_size": (4, 4)}
+        batch = None
 
         def __call__(self, x):
             clock["t"] += durations[clock["i"] % len(durations)]
             clock["i"] += 1
 
     monkeypatch.setattr(complexity.time, "perf_counter", perf_counter)
-    median, p90 = onnx_latency_ms(Model(), runs=len(durations), warmup=0)
+    median, p90 = latency_ms(Model(), runs=len(durations), warmup=0)
     ms = np.array(durations) * 1e3
     assert median == pytest.approx(np.median(ms)) and p90 == pytest.approx(np.percentile(ms, 90))
     clock.update(t=0.0, i=0)

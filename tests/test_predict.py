@@ -19,6 +19,7 @@ from mobilevision.cli.predict import main
 from mobilevision.data.image_io import load_rgb_image
 from mobilevision.data.sources import iter_frames, iter_sources, resolve_sources
 from mobilevision.deploy import Predictor, export_onnx, load_any_task
+from mobilevision.deploy.formats import export_model
 from mobilevision.detection.postprocess import select_detections
 from mobilevision.evaluation.geolocalization import read_locations_csv
 from mobilevision.geo import build_partition, load_cities
@@ -114,11 +115,21 @@ def sources(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def det_runs(models, det_onnx, sources, tmp_path_factory) -> dict[str, tuple[Path, str]]:
-    """``mobilevision predict`` of the detection checkpoint and of its ONNX file on the folder and the video."""
+def det_fixed(models, tmp_path_factory) -> dict[str, Path]:
+    """The detection checkpoint as files of a fixed batch of 2: ExecuTorch (XNNPACK) and ONNX."""
+    out = tmp_path_factory.mktemp("fixed")
+    task, ckpt = load_any_task(models["detection"])
+    return {"pte": export_model(task, out / "det.pte", "executorch", ckpt=ckpt, batch=2),
+            "onnx_b2": export_model(task, out / "det_b2.onnx", "onnx", ckpt=ckpt, batch=2)}
+
+
+@pytest.fixture(scope="module")
+def det_runs(models, det_onnx, det_fixed, sources, tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """``mobilevision predict`` of the detection checkpoint, its ONNX file and its fixed-batch files (batches of 3
+    given to files of 2: a full batch and a padded one) on the folder and the video."""
     src, video = sources
     runs = {}
-    for name, model in (("ckpt", models["detection"]), ("onnx", det_onnx)):
+    for name, model in (("ckpt", models["detection"]), ("onnx", det_onnx), *det_fixed.items()):
         out = tmp_path_factory.mktemp(f"pred_{name}")
         err = _run([*map(str, ("--model", model, "--source", src, video, "--output", out)),
                     "--vid-stride", "2", "--batch-size", "3", "--quiet"])
@@ -208,15 +219,17 @@ def test_detection_outputs(det_runs, models, sources):
     assert len(frames_out) == 4 and frames_out[0].shape == (48, 64, 3)
 
 
-def test_checkpoint_and_onnx_write_the_same_predictions(det_runs):
+@pytest.mark.parametrize("exported", ["onnx", "pte", "onnx_b2"])
+def test_checkpoint_and_exported_files_write_the_same_predictions(det_runs, exported):
     a = json.loads((det_runs["ckpt"][0] / "predictions.json").read_text())
-    b = json.loads((det_runs["onnx"][0] / "predictions.json").read_text())
+    b = json.loads((det_runs[exported][0] / "predictions.json").read_text())
     assert len(a) == len(b) > 0
     key = ("image_id", "category_id", "file_name", "category_name", "frame")
     assert [[r.get(k) for k in key] for r in a] == [[r.get(k) for k in key] for r in b]
     np.testing.assert_allclose([r["bbox"] for r in a], [r["bbox"] for r in b], atol=1e-3)
     np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], atol=1e-4)
-    assert "onnxruntime" in det_runs["onnx"][1] and (det_runs["onnx"][0] / "clip_pred.mp4").is_file()
+    runtime = "executorch (XNNPACK)" if exported == "pte" else "onnxruntime"
+    assert runtime in det_runs[exported][1] and (det_runs[exported][0] / "clip_pred.mp4").is_file()
 
 
 # -- classification and geolocalization --------------------------------------------------------------------

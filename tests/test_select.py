@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from mobilevision.cli import select as select_cli
+from mobilevision.deploy.formats import read_exported_metadata
 from mobilevision.evaluation.selection import (
     ACCURACY_FILE,
     Accuracy,
@@ -401,16 +402,56 @@ def test_ssdlite_sweep_writes_a_config_that_trains(tmp_path, one_thread):
     assert cli.model.hparams.image_size == 128 and "train/loss" in cli.trainer.callback_metrics
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "onnxruntime-int8"])
-def test_onnxruntime_sweep_exports_once(runtime, tmp_path, monkeypatch):
+@pytest.mark.parametrize("runtime", ["onnxruntime", "onnxruntime-int8", "executorch-int8"])
+def test_exported_runtime_sweep_exports_once(runtime, tmp_path, monkeypatch):
     args = ["--latency-ms", "1000", "--runtime", runtime, "--candidates", "mobilenet_v2_0.35_96", "--repeats", "3",
             "--warmup", "1", "--threads", "1", "--output", str(tmp_path)]
     assert select_cli.main(args) == 0
-    (onnx_file,) = (tmp_path / "onnx" / "classification").glob("*.onnx")
-    assert onnx_file.name == "mobilenet_v2_0.35_96" + (".int8" if runtime.endswith("int8") else "") + ".onnx"
+    (exported,) = (tmp_path / "exports" / "classification").iterdir()
+    int8 = ".int8" if runtime.endswith("int8") else ""
+    suffix = ".b1.pte" if runtime.startswith("executorch") else ".onnx"
+    assert exported.name == "mobilenet_v2_0.35_96" + int8 + suffix
+    assert read_exported_metadata(exported)["int8"] == bool(int8)
     # measuring again reuses the export
-    monkeypatch.setattr("mobilevision.deploy.export_onnx", lambda *a, **k: pytest.fail("exported again"))
+    monkeypatch.setattr("mobilevision.deploy.formats.export_model", lambda *a, **k: pytest.fail("exported again"))
     assert select_cli.main([*args, "--remeasure"]) == 0
     cache = json.loads((tmp_path / "latency_cache").glob(f"*__{runtime}.json").__next__().read_text())
     (entry,) = cache["entries"].values()
-    assert entry["versions"]["onnxruntime"] and entry["latency"]["repeats"] == 3
+    assert entry["versions"][runtime.split("-")[0]] and entry["latency"]["repeats"] == 3
+
+
+def test_the_phone_judges_export_candidates_then_pick_from_its_latencies(tmp_path, capsys):
+    """``--export-candidates``: one file per candidate and a manifest; ``--device-latencies``: the pick follows the
+    given milliseconds (here the published order reversed in speed), nothing is timed here."""
+    names = ["mobilenet_v1_0.25_128", "mobilenet_v1_0.5_128", "mobilenet_v1_0.75_128"]
+    base = ["--candidates", ",".join(names), "--families", "mobilenet_v1", "--output", str(tmp_path / "out")]
+    assert select_cli.main([*base, "--export-candidates", str(tmp_path / "phone"), "--format", "onnx"]) == 0
+    manifest = list(csv.DictReader(open(tmp_path / "phone" / "manifest.csv")))
+    assert [r["name"] for r in manifest] == names and all(r["format"] == "onnx" for r in manifest)
+    for r in manifest:
+        meta = read_exported_metadata(tmp_path / "phone" / r["file"])
+        assert meta["backbone"] == "mobilenet_v1" and meta["image_size"] == [128, 128]
+        assert int(r["madds"]) > 0 and float(r["published_top1"]) > 40
+    csv_path = tmp_path / "phone.csv"
+    # as a phone might report them: file names, a p90 column, the middle one fast enough
+    csv_path.write_text("name,ms,p90_ms\n" + "".join(f"{r['file']},{ms},{p90}\n" for r, (ms, p90) in
+                                                     zip(manifest, [(3.0, 3.5), (4.0, 4.4), (9.0, 9.9)])))
+    capsys.readouterr()
+    assert select_cli.main([*base, "--latency-ms", "5", "--device-latencies", str(csv_path)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Best under 5 ms (p90): mobilenet_v1_0.5_128" in text and "p90 4.40 ms" in text
+    folder = tmp_path / "out" / "classification_device_5ms"
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["model"]["init_args"]["width"] == 0.5 and config["data"]["init_args"]["image_size"] == 128
+    assert "--device-latencies" in (folder / "config.yaml").read_text()
+    assert not (tmp_path / "out" / "latency_cache").exists()  # nothing was timed here
+    # bad CSVs are named with their line
+    csv_path.write_text("name,ms\nresnet50,3\n")
+    assert select_cli.main([*base, "--latency-ms", "5", "--device-latencies", str(csv_path)]) == 2
+    assert "phone.csv, line 2: 'resnet50' is not a candidate" in capsys.readouterr().err
+    csv_path.write_text("name,ms\nmobilenet_v1_0.5_128,fast\n")
+    assert select_cli.main([*base, "--latency-ms", "5", "--device-latencies", str(csv_path)]) == 2
+    assert "line 2: ms 'fast' is not a number" in capsys.readouterr().err
+    csv_path.write_text("model,time\nmobilenet_v1_0.5_128,3\n")
+    assert select_cli.main([*base, "--latency-ms", "5", "--device-latencies", str(csv_path)]) == 2
+    assert "needs the columns name and ms" in capsys.readouterr().err

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "glob patterns and videos, and write the predictions (detection: COCO results JSON and drawn images / "
         "videos; classification: CSV; geolocalization: CSV and a world map; segmentation: index-PNG masks, "
         "overlays and a CSV) under --output.")
-    p.add_argument("--model", type=Path, required=True, help="checkpoint (.ckpt) or exported model (.onnx)")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint (.ckpt) or exported model (.onnx, .pte)")
     p.add_argument("--source", nargs="+", required=True, metavar="PATH",
                    help="images, folders (recursive), quoted glob patterns or videos")
     p.add_argument("--output", type=Path, required=True, metavar="DIR", help="folder for the outputs (created)")
@@ -358,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     start = time.perf_counter()
     predictor = Predictor(args.model, device=args.device, score_thresh=args.score_thresh, threads=args.threads)
-    if args.threads and predictor.onnx is None:
+    if args.threads and predictor.exported is None:
         import torch
 
         torch.set_num_threads(args.threads)

@@ -32,7 +32,7 @@ otherwise it starts with the CPU caches full of the other networks' weights (rig
 MobileNetV1 0.25 at 128 px took twice as long as in a loop), while a deployed network runs in a loop. Results are cached per
 device and runtime in ``OUTPUT/latency_cache/DEVICE__RUNTIME.json``, keyed by the recipe's network settings, batch,
 threads, settle, warm-up and repeats, and reused only with the same library versions (each entry holds both the
-median and the p90, so ``--statistic`` reads the same entry), exports in ``OUTPUT/onnx/``, so another budget is answered from the cache at once (``--remeasure``
+median and the p90, so ``--statistic`` reads the same entry), exported files in ``OUTPUT/exports/``, so another budget is answered from the cache at once (``--remeasure``
 measures again). The front and the budget use ``--statistic`` (p90 by default: the pick stays within the budget
 in 9 runs out of 10).
 
@@ -54,7 +54,6 @@ latency; the report and the plot are still written, no config); 2 for invalid ar
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import functools
 import math
@@ -78,15 +77,18 @@ from ..evaluation.selection import (
     candidate_grid,
     choose,
     fastest,
-    format_width,
     latency_madds_correlation,
     load_published_accuracy,
     pareto_front,
     published_accuracy,
 )
 from . import report_errors
+from .select_report import ROW_HEADERS, budget_str, markdown_table, plot, row, write_csv
 
-RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8", "executorch", "executorch-int8")
+#: runtime -> the export format its files are (int8: calibrated on random images; latency does not depend on them)
+RUNTIME_FORMATS = {"onnxruntime": "onnx", "onnxruntime-int8": "onnx", "executorch": "executorch",
+                   "executorch-int8": "executorch"}
 ACCURACY_NOTE = ("Top-1 = published ImageNet-1k accuracy of the original checkpoints (source of every row in "
                  "mobilevision/evaluation/imagenet_accuracy.csv), not measured here; latencies are measured here "
                  "with random weights.")
@@ -144,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="re-measure the pick alone afterwards (a fresh network) and report it against the budget")
     p.add_argument("--list", action="store_true", help="print the candidates' names and exit")
+    p.add_argument("--export-candidates", type=Path, metavar="DIR",
+                   help="write every candidate (random weights) as a --format file of --batch into DIR, with "
+                        "manifest.csv, to time them on the device; measures nothing here")
+    p.add_argument("--format", choices=("executorch", "onnx", "coreml"), default="executorch",
+                   help="with --export-candidates: the file format (default executorch)")
+    p.add_argument("--int8", action="store_true", help="with --export-candidates: int8 files")
+    p.add_argument("--device-latencies", type=Path, metavar="FILE.csv",
+                   help="pick from latencies measured on the device (CSV: name,ms[,p90_ms], names as in the "
+                        "export manifest) instead of measuring here")
     p.add_argument("--output", type=Path, default=Path("outputs/select"),
                    help="output folder: cache, exports and one folder per call (default outputs/select)")
     return p
@@ -247,47 +258,53 @@ def _torch_runner(task, batch: int, inputs: dict) -> tuple[Callable[[], Any], An
     return (lambda: decoder(*network(x))), network
 
 
-def _onnx_file(task, point: GridPoint, runtime: str, onnx_dir: Path, log: Callable[[str], None]) -> Path:
-    """The export of ``point`` under ``onnx_dir`` (reused when a previous call wrote it), float32 or int8."""
+def _exported_file(task, point: GridPoint, runtime: str, batch: int, export_dir: Path,
+                   log: Callable[[str], None]) -> Path:
+    """The export of ``point`` for ``runtime`` under ``export_dir`` (reused when a previous call wrote it), float32
+    or int8 (calibrated on random images)."""
     import numpy as np
 
-    from ..deploy import export_onnx, read_metadata
-    from ..deploy.quantize import quantize_int8
+    from ..deploy.formats import FORMATS, export_model, read_exported_metadata
 
-    int8 = runtime == "onnxruntime-int8"
-    path = onnx_dir / point.task / f"{point.name}{'.int8' if int8 else ''}.onnx"
+    fmt = RUNTIME_FORMATS[runtime]
+    int8 = runtime.endswith("-int8")
+    static = fmt != "onnx"  # ExecuTorch files have a static batch
+    name = f"{point.name}{'.int8' if int8 else ''}{f'.b{batch}' if static else ''}{FORMATS[fmt].suffix}"
+    path = export_dir / point.task / name
     if path.is_file():
         try:
-            meta = read_metadata(path)
+            meta = read_exported_metadata(path)
             if (meta.get("backbone") == point.backbone and list(meta.get("image_size", [])) == [point.image_size] * 2
                     and bool(meta.get("int8")) == int8):
                 return path
         except Exception:  # noqa: BLE001 - an unreadable leftover is exported again
             pass
     t0 = time.perf_counter()
-    quantize = None
+    calibration = None
     if int8:
         rng = np.random.default_rng(0)
-        batches = [rng.random((1, 3, point.image_size, point.image_size), dtype=np.float32) for _ in range(4)]
-        quantize = lambda model: quantize_int8(model, batches)  # noqa: E731
-    tmp = path.with_name(path.name + ".tmp")
-    export_onnx(task, tmp, quantize=quantize)
+        calibration = [rng.random((batch if static else 1, 3, point.image_size, point.image_size), dtype=np.float32)
+                       for _ in range(4)]
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_model(task, tmp, fmt, batch=batch if static else None, calibration=calibration)
     os.replace(tmp, path)
     log(f"exported {path} ({time.perf_counter() - t0:.1f} s)")
     return path
 
 
-def _onnx_runner(path: Path, threads: int, batch: int, size: int, inputs: dict) -> Callable[[], Any]:
+def _exported_runner(path: Path, threads: int, batch: int, size: int, inputs: dict) -> Callable[[], Any]:
     import numpy as np
 
-    from ..deploy import OnnxModel
+    from ..deploy.formats import load_exported
 
-    model = OnnxModel(path, threads=threads)
-    x = inputs.setdefault(("np", size), np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32))
+    model = load_exported(path, threads=threads)
+    x = inputs.setdefault(("np", batch, size),
+                          np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32))
     return lambda: model(x)
 
 
-def prepare(point: GridPoint, runtime: str, threads: int, batch: int, onnx_dir: Path, inputs: dict,
+def prepare(point: GridPoint, runtime: str, threads: int, batch: int, export_dir: Path, inputs: dict,
             log: Callable[[str], None]) -> tuple[Callable[[], Any], int, int]:
     """A zero-argument call running ``point`` once in ``runtime``, and its (MAdds per image, params)."""
     from ..evaluation.complexity import count_madds, count_params
@@ -297,9 +314,9 @@ def prepare(point: GridPoint, runtime: str, threads: int, batch: int, onnx_dir: 
     madds = count_madds(network, (1, 3, point.image_size, point.image_size))
     params = count_params(network)
     if runtime != "torch":
-        path = _onnx_file(task, point, runtime, onnx_dir, log)
+        path = _exported_file(task, point, runtime, batch, export_dir, log)
         del fn, network
-        fn = _onnx_runner(path, threads, batch, point.image_size, inputs)
+        fn = _exported_runner(path, threads, batch, point.image_size, inputs)
     return fn, madds, params
 
 
@@ -314,14 +331,14 @@ def measure(points: Sequence[GridPoint], args: argparse.Namespace, threads: int,
     runners: dict[str, Callable[[], Any]] = {}
     entries: dict[str, dict[str, Any]] = {}
     inputs: dict[Any, Any] = {}
-    onnx_dir = args.output / "onnx"
+    export_dir = args.output / "exports"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False, refresh_per_second=2) as progress:
         verb = "building" if args.runtime == "torch" else "building + exporting"
         prep = progress.add_task(f"{verb} {len(points)} candidates", total=len(points))
         for point in points:
             progress.update(prep, description=f"{verb}: {point.name}")
-            fn, madds, params = prepare(point, args.runtime, threads, args.batch, onnx_dir, inputs,
+            fn, madds, params = prepare(point, args.runtime, threads, args.batch, export_dir, inputs,
                                         lambda msg: progress.console.print(msg, style="dim"))
             runners[point.name] = fn
             entries[point.name] = {"madds": int(madds), "params": int(params)}
@@ -352,106 +369,35 @@ def measure(points: Sequence[GridPoint], args: argparse.Namespace, threads: int,
     return entries
 
 
-# -- report ---------------------------------------------------------------------------------------
+def _measured(args: argparse.Namespace, points: Sequence[GridPoint], threads: int, console) -> dict[str, dict]:
+    """Cache entries of ``points``: from the latency cache, the others measured now (and cached)."""
+    device = device_description()
+    versions = runtime_versions(args.runtime)
+    cache = LatencyCache(args.output / "latency_cache" / f"{device_slug()}__{args.runtime}.json", device,
+                         args.runtime)
+    protocol = {"arch": architecture_tag(recipe_architecture(args.task)), "batch": args.batch, "threads": threads,
+                "settle": args.settle, "warmup": args.warmup, "repeats": args.repeats}
+    cached = {} if args.remeasure else {p.name: cache.get(p, protocol, versions) for p in points}
+    missing = [p for p in points if not cached.get(p.name)]
+    console.print(f"[bold]mobilevision select[/]: --task {args.task}, budget {budget_str(args.latency_ms)} ms "
+                  f"({args.statistic}), runtime {args.runtime}, {threads} threads, batch {args.batch}")
+    console.print(f"device: {device}; {len(points)} candidates, {len(points) - len(missing)} from the cache "
+                  f"{cache.path}")
+    if missing:
+        before = busy_cpus()
+        warning = busy_warning([before], threads)
+        if warning:
+            console.print(f"[bold yellow]{warning}[/]")
+        measured = measure(missing, args, threads, versions, console)
+        after = busy_cpus()
+        for entry in measured.values():
+            entry["busy_cpus"] = [before, after]  # kept busy by other processes before / after measuring
+        for p in missing:
+            cache.put(p, protocol, measured[p.name])
+        cache.save()
+        cached.update(measured)
 
-def _fmt(v: float | None, digits: int = 1) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
-
-
-def _width(point: GridPoint) -> str:
-    return "-" if point.width is None else format_width(point.width)
-
-
-ROW_HEADERS = ("name", "backbone", "width", "size", "median ms", "p90 ms", "top-1 (published)", "MAdds (M)",
-               "params (M)")
-
-
-def _row(c: Candidate) -> list[str]:
-    lat = c.latency or {}
-    return [c.name, c.point.backbone, _width(c.point), str(c.point.image_size), _fmt(lat.get("median_ms"), 2),
-            _fmt(lat.get("p90_ms"), 2), _fmt(c.top1), _fmt(c.madds / 1e6 if c.madds else None, 0),
-            _fmt(c.params / 1e6 if c.params else None, 2)]
-
-
-def _budget_str(budget: float) -> str:
-    return f"{budget:g}"
-
-
-def plot(candidates: Sequence[Candidate], front: Sequence[Candidate], pick: Candidate | None, budget: float,
-         statistic: str, title: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 6.5))
-    colors = dict(zip(FAMILIES, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
-    rated = [c for c in candidates if c.top1 is not None and c.latency]
-    floor = min((c.top1 for c in rated), default=50.0) - 3.0
-    for family in FAMILIES:
-        cs = [c for c in rated if c.point.family == family]
-        if cs:
-            ax.scatter([c.latency_ms(statistic) for c in cs], [c.top1 for c in cs], s=28, color=colors[family],
-                       alpha=0.7, label=family)
-    unrated = [c for c in candidates if c.top1 is None and c.latency]
-    if unrated:
-        ax.scatter([c.latency_ms(statistic) for c in unrated], [floor] * len(unrated), marker="x", color="grey",
-                   label="no published top-1 (placed at the bottom)")
-    if front:
-        ax.step([c.latency_ms(statistic) for c in front], [c.top1 for c in front], where="post", color="black",
-                lw=1.2, label="Pareto front")
-        for c in front:
-            ax.annotate(c.name, (c.latency_ms(statistic), c.top1), fontsize=7, xytext=(4, -9),
-                        textcoords="offset points")
-    ax.axvline(budget, color="crimson", ls="--", lw=1.2, label=f"budget {_budget_str(budget)} ms")
-    if pick is not None:
-        ax.scatter([pick.latency_ms(statistic)], [pick.top1], marker="*", s=260, color="gold", edgecolor="black",
-                   zorder=5, label=f"pick: {pick.name}")
-    ax.set_xscale("log")
-    from matplotlib.ticker import FuncFormatter
-
-    ticks = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(ticks)
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
-    ax.set_xlabel(f"latency, {statistic} (ms, log scale)")
-    ax.set_ylabel("published ImageNet top-1 (%)" + (" of the backbone" if candidates and
-                                                     candidates[0].point.task == "ssdlite" else ""))
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.text(0.01, 0.01, "top-1: published figures, not measured here; latency: measured here", fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def write_csv(candidates: Sequence[Candidate], front: Sequence[Candidate], pick: Candidate | None, budget: float,
-              statistic: str, path: Path) -> Path:
-    on_front = {c.name for c in front}
-    fields = ["name", "task", "family", "backbone", "width", "image_size", "median_ms", "p90_ms", "mean_ms", "min_ms",
-              "repeats", "madds", "params", "top1", "published_name", "source", "on_front", "within_budget", "pick"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for c in candidates:
-            lat = c.latency or {}
-            w.writerow({
-                "name": c.name, "task": c.point.task, "family": c.point.family, "backbone": c.point.backbone,
-                "width": "" if c.point.width is None else c.point.width, "image_size": c.point.image_size,
-                **{k: lat.get(k, "") for k in ("median_ms", "p90_ms", "mean_ms", "min_ms", "repeats")},
-                "madds": c.madds, "params": c.params, "top1": "" if c.top1 is None else c.top1,
-                "published_name": c.accuracy.published_name if c.accuracy else "",
-                "source": c.accuracy.source if c.accuracy else "", "on_front": c.name in on_front,
-                "within_budget": c.latency_ms(statistic) <= budget, "pick": pick is not None and c is pick})
-    return path
-
-
-def _markdown_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return cached
 
 
 def write_config(pick: Candidate, task: str, path: Path, header: Sequence[str]) -> Path:
@@ -506,12 +452,10 @@ def select_points(args: argparse.Namespace) -> list[GridPoint]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(width=None if Console().is_terminal else 160)
-    if args.latency_ms is None and not args.list:
+    if args.latency_ms is None and not (args.list or args.export_candidates):
         raise UserError("--latency-ms is required (the latency budget per batch, in milliseconds)")
     if args.latency_ms is not None and (args.latency_ms <= 0 or not math.isfinite(args.latency_ms)):
         raise UserError(f"--latency-ms must be a positive number, got {args.latency_ms}")
@@ -529,37 +473,35 @@ def run(args: argparse.Namespace) -> int:
         for p in points:
             console.print(f"{p.name}\t{p.backbone_label} @ {p.image_size}")
         return 0
+    if args.export_candidates is not None:
+        from .select_device import export_candidates
+
+        return export_candidates(points, args, console)
+    if args.device_latencies is not None:
+        from .select_device import device_entries
+
+        return _run(args, points, console, device_entries(args, points))
+    return _run(args, points, console)
+
+
+def _run(args: argparse.Namespace, points: Sequence[GridPoint], console,
+         device_entries: dict[str, dict[str, Any]] | None = None) -> int:
+    import torch
+    from rich.table import Table
+
     threads = args.threads or torch.get_num_threads()
     if threads < 1:
         raise UserError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
     t_start = time.perf_counter()
-    device = device_description()
-    versions = runtime_versions(args.runtime)
-    cache = LatencyCache(args.output / "latency_cache" / f"{device_slug()}__{args.runtime}.json", device,
-                         args.runtime)
-    protocol = {"arch": architecture_tag(recipe_architecture(args.task)), "batch": args.batch, "threads": threads,
-                "settle": args.settle, "warmup": args.warmup, "repeats": args.repeats}
-    cached = {} if args.remeasure else {p.name: cache.get(p, protocol, versions) for p in points}
-    missing = [p for p in points if not cached.get(p.name)]
-    console.print(f"[bold]mobilevision select[/]: --task {args.task}, budget {_budget_str(args.latency_ms)} ms "
-                  f"({args.statistic}), runtime {args.runtime}, {threads} threads, batch {args.batch}")
-    console.print(f"device: {device}; {len(points)} candidates, {len(points) - len(missing)} from the cache "
-                  f"{cache.path}")
-    if missing:
-        before = busy_cpus()
-        warning = busy_warning([before], threads)
-        if warning:
-            console.print(f"[bold yellow]{warning}[/]")
-        measured = measure(missing, args, threads, versions, console)
-        after = busy_cpus()
-        for entry in measured.values():
-            entry["busy_cpus"] = [before, after]  # kept busy by other processes before / after measuring
-        for p in missing:
-            cache.put(p, protocol, measured[p.name])
-        cache.save()
-        cached.update(measured)
-
+    if device_entries is not None:  # the user's device measured them: nothing to time here
+        points = [p for p in points if p.name in device_entries]
+        args.runtime, device, cached = "device", f"the device of {args.device_latencies}", dict(device_entries)
+        console.print(f"[bold]mobilevision select[/]: --task {args.task}, budget {budget_str(args.latency_ms)} ms "
+                      f"({args.statistic}), {len(points)} candidates measured on the device ({args.device_latencies})")
+    else:
+        cached = _measured(args, points, threads, console)
+        device = device_description()
     table = load_published_accuracy()
     candidates = []
     for p in points:
@@ -582,13 +524,15 @@ def run(args: argparse.Namespace) -> int:
     rich_table.add_column("")
     for c in front:
         fits = c.latency_ms(args.statistic) <= args.latency_ms
-        rich_table.add_row(*_row(c), "<- pick" if c is pick else ("" if fits else "over budget"),
+        rich_table.add_row(*row(c), "<- pick" if c is pick else ("" if fits else "over budget"),
                            style="bold green" if c is pick else (None if fits else "dim"))
     console.print(rich_table)
     unrated = [c for c in candidates if c.top1 is None]
     lines = [
         f"Latency measured on {device}: {len(candidates)} candidates timed interleaved, "
-        f"{'/'.join(str(r) for r in repeats)} timed runs each after warm-up, measured {', '.join(dates)}.",
+        f"{'/'.join(str(r) for r in repeats)} timed runs each after warm-up, measured {', '.join(dates)}."
+        if args.runtime != "device" else f"Latency measured on the device: {len(candidates)} candidates, the "
+                                         f"milliseconds of {args.device_latencies}.",
         ACCURACY_NOTE,
         f"Spearman rank correlation of latency (median) with MAdds across the {corr['n']} candidates: "
         f"{corr['madds']:.3f} (with params: {corr['params']:.3f}).",
@@ -608,14 +552,14 @@ def run(args: argparse.Namespace) -> int:
     for line in lines:
         console.print(line)
 
-    out_dir = args.output / f"{args.task}_{args.runtime}_{_budget_str(args.latency_ms)}ms"
+    out_dir = args.output / f"{args.task}_{args.runtime}_{budget_str(args.latency_ms)}ms"
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [plot(candidates, front, pick, args.latency_ms, args.statistic, title, out_dir / "pareto.png"),
              write_csv(candidates, front, pick, args.latency_ms, args.statistic, out_dir / "candidates.csv")]
     if pick is None:
         fast = fastest(candidates, args.statistic)
         rated_fast = fastest([c for c in candidates if c.top1 is not None], args.statistic)
-        verdict = (f"No candidate meets the budget of {_budget_str(args.latency_ms)} ms ({args.statistic}): the "
+        verdict = (f"No candidate meets the budget of {budget_str(args.latency_ms)} ms ({args.statistic}): the "
                    f"fastest is {fast.name} at {fast.latency_ms(args.statistic):.2f} ms ({args.statistic}; median "
                    f"{fast.latency['median_ms']:.2f} ms)")
         if rated_fast is not None and rated_fast is not fast:
@@ -625,7 +569,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[bold red]{verdict}[/]")
     else:
         acc = pick.accuracy
-        verdict = (f"Best under {_budget_str(args.latency_ms)} ms ({args.statistic}): {pick.name} "
+        verdict = (f"Best under {budget_str(args.latency_ms)} ms ({args.statistic}): {pick.name} "
                    f"({pick.point.backbone_label} at {pick.point.image_size} px): p90 {pick.latency['p90_ms']:.2f} ms, "
                    f"median {pick.latency['median_ms']:.2f} ms; published top-1 {acc.top1:.1f} "
                    f"({acc.published_name}; {acc.source}); {pick.madds / 1e6:.0f} M MAdds, "
@@ -633,20 +577,22 @@ def run(args: argparse.Namespace) -> int:
         n_fit = sum(c.latency_ms(args.statistic) <= args.latency_ms for c in candidates if c.top1 is not None)
         verdict += f" ({n_fit} of {len(candidates)} candidates fit the budget.) " + weights_note(pick)
         console.print(f"[bold green]{verdict}[/]")
-        header = [f"Written by `mobilevision select --task {args.task} --latency-ms {_budget_str(args.latency_ms)} "
-                  f"--runtime {args.runtime}` on {datetime.date.today().isoformat()}.",
+        source = (f"--device-latencies {args.device_latencies}" if args.runtime == "device"
+                  else f"--runtime {args.runtime}")
+        header = [f"Written by `mobilevision select --task {args.task} --latency-ms {budget_str(args.latency_ms)} "
+                  f"{source}` on {datetime.date.today().isoformat()}.",
                   f"Pick: {pick.name}: {args.runtime} {args.statistic} {pick.latency_ms(args.statistic):.2f} ms "
                   f"(median {pick.latency['median_ms']:.2f} ms), {threads} threads, batch {args.batch}, on {device};",
                   f"published ImageNet top-1 {acc.top1:.1f} ({acc.published_name}), {pick.madds / 1e6:.0f} M MAdds, "
                   f"{pick.params / 1e6:.2f} M params.", weights_note(pick)]
         files.append(write_config(pick, args.task, out_dir / "config.yaml", header))
-        if args.verify:
+        if args.verify and args.runtime != "device":
             verdict += "\n\n" + verify(pick, args, threads, console)
-    md = [f"# mobilevision select: {args.task}, budget {_budget_str(args.latency_ms)} ms ({args.statistic})", "",
+    md = [f"# mobilevision select: {args.task}, budget {budget_str(args.latency_ms)} ms ({args.statistic})", "",
           *[f"- {line}" for line in [f"runtime {args.runtime}, {threads} threads, batch {args.batch}", *lines]], "",
-          "## Pareto front", "", _markdown_table([_row(c) for c in front], ROW_HEADERS), "", "## Pick", "", verdict,
+          "## Pareto front", "", markdown_table([row(c) for c in front], ROW_HEADERS), "", "## Pick", "", verdict,
           "", "## Every candidate", "",
-          _markdown_table([_row(c) for c in sorted(candidates, key=lambda c: c.latency_ms(args.statistic))],
+          markdown_table([row(c) for c in sorted(candidates, key=lambda c: c.latency_ms(args.statistic))],
                           ROW_HEADERS), ""]
     report = out_dir / "report.md"
     report.write_text("\n".join(md))
@@ -677,13 +623,13 @@ def verify(pick: Candidate, args: argparse.Namespace, threads: int, console) -> 
     from ..evaluation.complexity import time_interleaved
 
     with torch.no_grad():
-        fn, _, _ = prepare(pick.point, args.runtime, threads, args.batch, args.output / "onnx", {},
+        fn, _, _ = prepare(pick.point, args.runtime, threads, args.batch, args.output / "exports", {},
                            lambda msg: None)
     with torch.inference_mode():
         stats = time_interleaved({"pick": fn}, warmup=args.warmup, repeats=max(args.repeats, 30))["pick"]
     ok = stats[STATISTICS[args.statistic]] <= args.latency_ms
     line = (f"verify: {pick.name} alone: median {stats['median_ms']:.2f} ms, p90 {stats['p90_ms']:.2f} ms over "
-            f"{stats['repeats']} runs -> {'within' if ok else 'OVER'} the {_budget_str(args.latency_ms)} ms budget "
+            f"{stats['repeats']} runs -> {'within' if ok else 'OVER'} the {budget_str(args.latency_ms)} ms budget "
             f"({args.statistic})")
     console.print(line)
     return line

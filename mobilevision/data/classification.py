@@ -372,8 +372,8 @@ class ClassificationDataModule(SplitDataModule):
         cache_images: bool = False,
         predict_images: str | None = None,
         pin_memory: bool = False,
-        glyphs_train_per_class: int = 100,
-        glyphs_val_per_class: int = 30,
+        glyphs_train_per_class: int = 400,
+        glyphs_val_per_class: int = 100,
         glyphs_image_size: int = 128,
         glyphs_seed: int = 0,
     ) -> None:

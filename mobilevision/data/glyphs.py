@@ -342,8 +342,8 @@ def _is_complete(root: Path, params: dict[str, Any]) -> bool:
 
 def ensure_glyphs_dataset(
     root: str | Path | None = None,
-    num_train_per_class: int = 100,
-    num_val_per_class: int = 30,
+    num_train_per_class: int = 400,
+    num_val_per_class: int = 100,
     image_size: int = 128,
     seed: int = 0,
     *,

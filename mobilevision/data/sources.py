@@ -28,7 +28,7 @@ from ..errors import UserError
 from .image_io import IMAGE_EXTENSIONS, ImageDecodeError, is_hidden, is_image_file, load_rgb_image, walk_files
 
 __all__ = ["VIDEO_EXTENSIONS", "SourceFile", "SourceItem", "VideoInfo", "is_video_file", "iter_frames",
-           "iter_sources", "probe_video", "resolve_sources"]
+           "iter_sources", "probe_video", "resolve_sources", "sample_images"]
 
 #: File extensions treated as videos (lower case), decoded with OpenCV.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
@@ -241,3 +241,46 @@ def iter_sources(files: Sequence[SourceFile], vid_stride: int = 1) -> Iterator[S
                 yield SourceItem(file, error=f"no frame could be decoded from video {file.path}")
         except (OSError, ValueError) as e:  # ImageDecodeError, FileNotFoundError (deleted meanwhile), permissions
             yield SourceItem(file, error=str(e) or type(e).__name__)
+
+
+def sample_images(folder: str | os.PathLike, count: int, seed: int = 0) -> Iterator[tuple[str, np.ndarray]]:
+    """Up to ``count`` ``(name, RGB image)`` drawn from ``folder`` for int8 calibration: the files in a seeded random
+    order that takes the sub-folders in turn (``train/<class>/...``: every class early, not the first class
+    first), each video giving frames spread evenly over its length (about ``count / files`` of them, at least
+    one). Unreadable files are skipped."""
+    import random
+    from collections import defaultdict
+
+    files = resolve_sources([folder])
+    rng = random.Random(seed)
+    groups: dict[str, list[SourceFile]] = defaultdict(list)
+    for f in files:
+        groups[f.name.rsplit("/", 1)[0] if "/" in f.name else ""].append(f)
+    for members in groups.values():
+        rng.shuffle(members)
+    order = list(groups.values())
+    rng.shuffle(order)
+    interleaved = [g[i] for i in range(max((len(g) for g in order), default=0)) for g in order if i < len(g)]
+    per_video = max(1, -(-count // max(1, len(files))))
+    given = 0
+    for f in interleaved:
+        if given >= count:
+            return
+        if not f.video:
+            try:
+                image = load_rgb_image(f.path)
+            except (OSError, ValueError):
+                continue
+            given += 1
+            yield f.name, image
+            continue
+        info = probe_video(f.path)
+        stride = max(1, (info.frames if info and info.frames else per_video) // per_video)
+        try:
+            for index, frame in iter_frames(f.path, stride):
+                if given >= count or index // stride >= per_video:
+                    break
+                given += 1
+                yield f"{f.name}#{index}", frame
+        except (OSError, ValueError):
+            continue

@@ -1,4 +1,4 @@
-"""Accuracy and latency of a deployable model (checkpoint under torch, ONNX file float32 or int8) on the
+"""Accuracy and latency of a deployable model (checkpoint under torch, exported file float32 or int8) on the
 checkpoint's own validation data, through the same metrics as training: top-1 / top-5, COCO mAP, km accuracy, mIoU."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .predictor import Predictor
 
-__all__ = ["checkpoint_data_args", "datamodule_of", "evaluate_predictor", "onnx_latency_ms"]
+__all__ = ["checkpoint_data_args", "datamodule_of", "evaluate_predictor", "latency_ms"]
 
 
 def checkpoint_data_args(ckpt: dict[str, Any], batch_size: int, num_workers: int | None = None) -> dict[str, Any]:
@@ -128,12 +128,13 @@ def evaluate_predictor(predictor: Predictor, dm: LightningDataModule, max_batche
     return metrics.compute()
 
 
-def onnx_latency_ms(model, batch: int = 1, runs: int = 30, warmup: int = 5) -> tuple[float, float]:
-    """Median and p90 milliseconds of ``model`` (an :class:`~mobilevision.deploy.OnnxModel`) on a random batch,
-    timed and summarized as every latency of the project is (:func:`~mobilevision.evaluation.time_interleaved`)."""
+def latency_ms(model, runs: int = 30, warmup: int = 5) -> tuple[float, float]:
+    """Median and p90 milliseconds of an exported model (:func:`~mobilevision.deploy.formats.load_exported`: ONNX
+    Runtime or ExecuTorch) on a random batch of its fixed batch size (1 for a dynamic-batch file), timed and
+    summarized as every latency of the project is (:func:`~mobilevision.evaluation.time_interleaved`)."""
     from ..evaluation.complexity import time_interleaved
 
     h, w = model.meta["image_size"]
-    x = np.random.default_rng(0).random((batch, 3, h, w), dtype=np.float32)
+    x = np.random.default_rng(0).random((model.batch or 1, 3, h, w), dtype=np.float32)
     stats = time_interleaved({"model": lambda: model(x)}, warmup=warmup, repeats=runs)["model"]
     return stats["median_ms"], stats["p90_ms"]

@@ -22,7 +22,7 @@ from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask, Segm
 from ..tasks.checkpoint import load_checkpoint, load_task
 
 __all__ = ["DetectionDecoder", "NormalizedNetwork", "TASK_CLASSES", "deployable", "load_any_task", "metadata_of",
-           "task_kind"]
+           "static_metadata", "task_kind"]
 
 FORMAT_VERSION = 1
 
@@ -102,7 +102,10 @@ def deployable(task: nn.Module) -> tuple[NormalizedNetwork, DetectionDecoder | N
     at the training resolution. Copies: the task is left as it is."""
     kind = task_kind(task)
     network = task.export_model() if hasattr(task, "export_model") else task.model
-    net = NormalizedNetwork(network.float().eval(), detection=kind == "detection").eval()
+    # weights in the standard layout: a task trained with channels_last keeps its weights so, which exporters (XNNPACK's
+    # layout pass, Core ML) do not take
+    network = network.float().to(memory_format=torch.contiguous_format).eval()
+    net = NormalizedNetwork(network, detection=kind == "detection").eval()
     if kind != "detection":
         return net, None
     size = _square(task.hparams.image_size)
@@ -144,4 +147,13 @@ def metadata_of(task: nn.Module, ckpt: dict[str, Any] | None = None) -> dict[str
         partition = task.partition
         meta.update(cell_tokens=list(partition.tokens), cell_location=hp.cell_location,
                     cell_locations=task.cell_locations().tolist(), predict=hp.predict, top_k=int(hp.top_k))
+    return meta
+
+
+def static_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` for a file with a static input shape (ExecuTorch, Core ML): a segmentation model, which validates at
+    any image size, takes the training resolution instead (the image fitted and padded, ``"longer_side_pad"``)."""
+    meta = dict(meta)
+    if meta.pop("input_size", None) == "dynamic":
+        meta["preprocess"] = {"resize": "longer_side_pad"}
     return meta

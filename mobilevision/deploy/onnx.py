@@ -247,6 +247,8 @@ class OnnxModel:
         self.meta = read_metadata(self.session)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        fixed = self.meta.get("batch", "dynamic")
+        self.batch: int | None = None if fixed == "dynamic" else int(fixed)
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
         if isinstance(images, torch.Tensor):

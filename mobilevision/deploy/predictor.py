@@ -1,7 +1,8 @@
-"""Predictions of a checkpoint or of its ONNX export on decoded images, with one preprocessing and one
-postprocessing for both: the runtimes differ only in what computes the network's outputs.
+"""Predictions of a checkpoint or of an exported file on decoded images, with one preprocessing and one
+postprocessing for all: the runtimes (torch, ONNX Runtime, ExecuTorch) differ only in what computes the network's
+outputs.
 
-    predictor = Predictor("model.onnx")          # or a .ckpt (torch, on --device)
+    predictor = Predictor("model.pte")           # .onnx, .pte, or a .ckpt (torch, on --device)
     results = predictor([rgb_uint8_image, ...])  # one dict per image, in the image's own pixels
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,9 +24,9 @@ from ..detection.postprocess import select_detections
 from ..evaluation.coco import scale_boxes
 from ..tasks.geolocalization import locations_from_logits
 from .graph import deployable, load_any_task, metadata_of
-from .onnx import OnnxModel
+from .formats import FORMATS, load_exported
 
-__all__ = ["Predictor", "letterbox", "letterbox_shape"]
+__all__ = ["Predictor", "letterbox", "letterbox_shape", "resize_for"]
 
 
 def letterbox_shape(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
@@ -49,8 +50,27 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def resize_for(meta: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """The resize a model's metadata prescribes (its validation resize): RGB uint8 HxWx3 -> RGB uint8 at the
+    model's input size (segmentation with ``"short_side"``: the image's own aspect, any size)."""
+    h, w = meta["image_size"]
+    resize = meta["preprocess"]["resize"]
+    if resize == "square":  # the detection validation resize
+        square = square_resize(h, w)
+        return lambda image: square(image=image)["image"]
+    if resize == "short_side":  # segmentation, as it validates: any size
+        transform = segmentation_eval_transforms(meta["preprocess"].get("eval_size"), to_tensor=False)
+        return lambda image: transform(image)[0]
+    if resize == "longer_side_pad":  # segmentation files with a static input shape
+        return lambda image: letterbox(image, (h, w))
+    # short side + center crop, as classification validates
+    return classification_eval_transforms(h, meta["preprocess"]["resize_ratio"], to_tensor=False)
+
+
 class Predictor:
-    """Run a mobilevision checkpoint (``.ckpt``, torch on ``device``) or ONNX file (ONNX Runtime) on images.
+    """Run a mobilevision checkpoint (``.ckpt``, torch on ``device``) or exported file (``.onnx`` under ONNX Runtime,
+    ``.pte`` under ExecuTorch) on images. A file with a fixed batch size gets batches of exactly that size (the
+    last one padded), whatever the caller passes.
 
     ``predictor(images)`` takes RGB uint8 HxWx3 arrays of any size and returns one dict per image:
 
@@ -69,36 +89,29 @@ class Predictor:
     def __init__(self, model: str | os.PathLike, device: str = "cpu", score_thresh: float | None = None,
                  threads: int | None = None) -> None:
         path = Path(model)
-        if not path.is_file():
+        if not path.exists():  # a file, or a package folder (.mlpackage)
             raise FileNotFoundError(f"model {path} does not exist")
         self.path, self.device = path, torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda: CUDA is not available on this machine")
-        if path.suffix.lower() == ".onnx":
-            self.onnx: OnnxModel | None = OnnxModel(path, threads=threads, providers=self._onnx_providers())
-            self.meta = self.onnx.meta
+        if path.suffix.lower() in {f.suffix for f in FORMATS.values()}:
+            onnx = path.suffix.lower() == ".onnx"
+            if not onnx and self.device.type != "cpu":
+                raise UserError(f"--device {device}: {path.suffix} files run on the CPU here (XNNPACK kernels)")
+            self.exported = load_exported(path, threads=threads, providers=self._onnx_providers() if onnx else None)
+            self.meta = self.exported.meta
             self.network = self.decoder = None
         else:
+            self.exported = None
             task, ckpt = load_any_task(path)
-            self.onnx, self.meta = None, metadata_of(task, ckpt)
+            self.meta = metadata_of(task, ckpt)
             network, decoder = deployable(task)
             self.network = network.to(self.device)
             self.decoder = decoder.to(self.device) if decoder is not None else None
         self.kind: str = self.meta["task"]
         self.image_size: tuple[int, int] = tuple(self.meta["image_size"])  # type: ignore[assignment]
         self.score_thresh = float(self.meta.get("score_thresh", 0.0) if score_thresh is None else score_thresh)
-        h, w = self.image_size
-        if self.meta["preprocess"]["resize"] == "square":  # the detection validation resize
-            resize = square_resize(h, w)
-            self._transform = lambda image: resize(image=image)["image"]
-        elif self.meta["preprocess"]["resize"] == "short_side":  # segmentation, as it validates: any size
-            transform = segmentation_eval_transforms(self.meta["preprocess"].get("eval_size"), to_tensor=False)
-            self._transform = lambda image: transform(image)[0]
-        elif self.meta["preprocess"]["resize"] == "longer_side_pad":  # segmentation files of format version 1
-            self._transform = lambda image: letterbox(image, self.image_size)
-        else:  # short side + center crop, as classification validates
-            self._transform = classification_eval_transforms(h, self.meta["preprocess"]["resize_ratio"],
-                                                             to_tensor=False)
+        self._transform = resize_for(self.meta)
         self.names: list[str] = list(self.meta.get("class_names") or [])
         self._locations = (torch.tensor(self.meta["cell_locations"], dtype=torch.float64)
                            if self.kind == "geolocalization" else None)
@@ -116,9 +129,11 @@ class Predictor:
 
     @property
     def runtime(self) -> str:
-        if self.onnx is not None:
-            return f"onnxruntime ({self.onnx.session.get_providers()[0]})"
-        return f"torch ({self.device})"
+        if self.exported is None:
+            return f"torch ({self.device})"
+        if hasattr(self.exported, "session"):
+            return f"onnxruntime ({self.exported.session.get_providers()[0]})"
+        return "executorch (XNNPACK)"
 
     # -- steps ----------------------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> np.ndarray:
@@ -128,9 +143,19 @@ class Predictor:
 
     @torch.no_grad()
     def outputs(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
-        """The model's outputs for a preprocessed batch [B, 3, H, W] (as named in the ONNX file), on the CPU."""
-        if self.onnx is not None:
-            return {k: torch.from_numpy(v) for k, v in self.onnx(batch).items()}
+        """The model's outputs for a preprocessed batch [B, 3, H, W] (as named in the exported file), on the CPU."""
+        if self.exported is not None:
+            size = self.exported.batch
+            if size is None or len(batch) == size:
+                return {k: torch.from_numpy(v) for k, v in self.exported(batch).items()}
+            parts = []
+            for start in range(0, len(batch), size):  # a fixed-batch file: chunks of its size, the last one padded
+                part = batch[start:start + size]
+                n = len(part)
+                if n < size:
+                    part = np.concatenate([part, np.zeros((size - n, *part.shape[1:]), part.dtype)])
+                parts.append({k: v[:n] for k, v in self.exported(part).items()})
+            return {k: torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in parts[0]}
         x = torch.from_numpy(batch).to(self.device)
         raw = self.network(x)
         if self.decoder is None:

@@ -21,10 +21,14 @@ def runtime_versions(runtime: str) -> dict[str, str]:
     import torch
 
     versions = {"torch": torch.__version__.split("+")[0], "format": str(CACHE_FORMAT)}
-    if runtime != "torch":
+    if runtime.startswith("onnxruntime"):
         import onnxruntime
 
         versions["onnxruntime"] = onnxruntime.__version__
+    elif runtime.startswith("executorch"):
+        from importlib.metadata import version
+
+        versions["executorch"] = version("executorch")
     return versions
 
 

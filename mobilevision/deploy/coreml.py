@@ -1,0 +1,200 @@
+"""Core ML export: an ML Program ``.mlpackage`` (iOS 16 / macOS 13 and later), converted with coremltools from the
+``torch.export`` program of the deployable network. Core ML executes only on Apple devices; here every file is
+checked against its spec after writing (:func:`check_coreml`).
+
+* Input ``image``: an RGB image of the training resolution (``ImageType``, scaled by 1/255 into the network's
+  [0, 1]; normalization is inside), so that Vision / ``MLModel`` feed a ``CVPixelBuffer`` directly. Segmentation
+  files take the training resolution (fit the image and pad, ``preprocess.resize = "longer_side_pad"``).
+* Classification: a Core ML classifier, ``classLabel`` (the class name) and ``classLabel_probs`` (name ->
+  probability); geolocalization: ``probs`` [B, cells] (softmax; cell tokens and centres are in the metadata);
+  segmentation: ``logits`` [B, C, H, W]; detection: ``boxes`` [B, A, 4] (xyxy input pixels) and ``scores``
+  [B, A, C], selected by the app as the metadata says (``score_thresh``, ``nms_thresh``, ...).
+* The metadata (:func:`~mobilevision.deploy.graph.metadata_of`) is the JSON value of the user-defined field
+  ``mobilevision``; the class names are also the classifier's labels.
+* Precision: float16 compute (coremltools' default for ML Programs, what the Neural Engine and GPU run).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+__all__ = ["check_coreml", "export_coreml", "read_coreml_metadata"]
+
+METADATA_KEY = "mobilevision"
+MINIMUM_TARGET = "iOS16"
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """coremltools' import notices (no libcoremlpython off macOS, untested torch / scikit-learn versions) and its
+    conversion progress bars off."""
+    loggers = [logging.getLogger(n) for n in ("coremltools", "torch.utils._pytree", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    import tqdm
+
+    init = tqdm.tqdm.__init__
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    tqdm.tqdm.__init__ = functools.partialmethod(init, disable=True)  # coremltools' bars take no disable flag
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        tqdm.tqdm.__init__ = init
+
+
+def _coremltools():
+    try:
+        with _quiet():
+            import coremltools as ct
+    except ImportError as e:  # the mobile extra is not installed
+        raise UserError(f"Core ML files need coremltools: pip install 'mobilevision[mobile]' ({e})") from e
+    return ct
+
+
+class _CoreMLHead(nn.Module):
+    """The deployable network with what a Core ML app wants at its outputs: probabilities for classifiers,
+    decoded boxes for detection."""
+
+    def __init__(self, network: nn.Module, decoder: nn.Module | None, softmax: bool) -> None:
+        super().__init__()
+        self.network, self.decoder, self.softmax = network, decoder, softmax
+
+    def forward(self, image: torch.Tensor):
+        out = self.network(image)
+        if self.decoder is not None:
+            return self.decoder(*out)
+        return out.softmax(dim=1) if self.softmax else out
+
+
+def export_coreml(task: nn.Module, output: str | os.PathLike, *, ckpt: dict[str, Any] | None = None,
+                  batch: int | str = 1) -> Path:
+    """Write ``task`` as a Core ML ML Program (``.mlpackage``) with a static batch (default 1), then check it
+    (:func:`check_coreml`)."""
+    from .graph import deployable, metadata_of, static_metadata
+
+    if str(batch) == "dynamic" or not str(batch).isdigit() or int(batch) < 1:
+        raise UserError(f"Core ML files have a static batch size: --batch N (default 1), got {batch!r}")
+    ct = _coremltools()
+    batch = int(batch)
+    meta = metadata_of(task, ckpt)
+    kind = meta["task"]
+    meta = static_metadata(meta)  # segmentation: a static input at the training resolution
+    network, decoder = deployable(task)
+    module = _CoreMLHead(network, decoder, softmax=kind in ("classification", "geolocalization")).eval()
+    h, w = meta["image_size"]
+    example = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
+    outputs = {"detection": ["boxes", "scores"], "classification": ["classLabel", "classLabel_probs"],
+               "geolocalization": ["probs"], "segmentation": ["logits"]}[kind]
+    meta.update(format="coreml", int8=False, batch=batch, nms=False, outputs=outputs, precision="float16",
+                input="RGB image (ImageType, pixel values scaled by 1/255); normalization is inside the model",
+                exporter=f"coremltools {ct.__version__}, torch {torch.__version__.split('+')[0]}")
+    with _quiet(), torch.no_grad():
+        program = torch.export.export(module, (example,)).run_decompositions({})
+        kwargs: dict[str, Any] = {}
+        if kind == "classification":
+            kwargs["classifier_config"] = ct.ClassifierConfig(list(meta["class_names"]))
+        else:
+            kwargs["outputs"] = [ct.TensorType(name=n) for n in outputs]
+        model = ct.convert(program, inputs=[ct.ImageType(name="image", shape=tuple(example.shape), scale=1 / 255.0,
+                                                         color_layout=ct.colorlayout.RGB)],
+                           convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, MINIMUM_TARGET),
+                           skip_model_load=True, **kwargs)
+    model.user_defined_metadata[METADATA_KEY] = json.dumps(meta)
+    model.author = "mobilevision"
+    model.short_description = f"mobilevision {kind} model ({meta['backbone']}, {h}x{w} RGB input)"
+    output = Path(output)
+    if output.suffix.lower() != ".mlpackage":
+        raise UserError(f"a Core ML ML Program is a .mlpackage, got {output}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet():
+        model.save(os.fspath(output))
+    check_coreml(output)
+    return output
+
+
+def _spec(path: Path):
+    ct = _coremltools()
+    if not (path / "Manifest.json").is_file():
+        raise UserError(f"{path} is not a Core ML package (no Manifest.json)")
+    with _quiet():
+        return ct.models.MLModel(os.fspath(path), skip_model_load=True).get_spec()
+
+
+def read_coreml_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The mobilevision metadata of an ``.mlpackage``."""
+    spec = _spec(Path(path))
+    fields = dict(spec.description.metadata.userDefined)
+    if METADATA_KEY not in fields:
+        raise UserError(f"{path} has no mobilevision metadata (not written by `mobilevision export`)")
+    return json.loads(fields[METADATA_KEY])
+
+
+def _shape(feature) -> list[int]:
+    kind = feature.type.WhichOneof("Type")
+    if kind == "multiArrayType":
+        return list(feature.type.multiArrayType.shape)
+    if kind == "imageType":
+        return [int(feature.type.imageType.height), int(feature.type.imageType.width)]
+    return []
+
+
+def check_coreml(path: str | os.PathLike) -> dict[str, Any]:
+    """Check a written ``.mlpackage`` against its metadata, without executing it (Core ML runs on Apple devices
+    only): an ML Program, one RGB image input of the metadata's size, the outputs the metadata names, the
+    classifier's labels equal to the class names. Returns a summary (input, outputs with their shapes, labels);
+    raises ``UserError`` naming the first mismatch."""
+    path = Path(path)
+    spec = _spec(path)
+    meta = read_coreml_metadata(path)
+    problems = []
+    if spec.WhichOneof("Type") != "mlProgram":
+        problems.append(f"model type {spec.WhichOneof('Type')}, not mlProgram")
+    inputs = list(spec.description.input)
+    if len(inputs) != 1 or inputs[0].type.WhichOneof("Type") != "imageType":
+        problems.append(f"inputs {[i.name for i in inputs]}: expected one image input")
+    else:
+        image = inputs[0].type.imageType
+        if [image.height, image.width] != list(meta["image_size"]):
+            problems.append(f"input {image.height}x{image.width}, metadata {meta['image_size']}")
+        if image.colorSpace != 20:  # ImageFeatureType.RGB
+            problems.append("input colour space is not RGB")
+    names = [o.name for o in spec.description.output]
+    if names != list(meta["outputs"]):
+        problems.append(f"outputs {names}, metadata {meta['outputs']}")
+    labels: list[str] = []
+    if meta["task"] == "classification":
+        labels = _classifier_labels(spec)
+        if labels != list(meta["class_names"]):
+            problems.append(f"classifier labels {labels[:5]}..., class names {meta['class_names'][:5]}...")
+    if problems:
+        raise UserError(f"Core ML file {path} does not match its metadata: " + "; ".join(problems))
+    return {"input": (inputs[0].name, [meta["batch"], 3, *meta["image_size"]]),
+            "outputs": {o.name: _shape(o) for o in spec.description.output}, "labels": labels,
+            "spec_version": int(spec.specificationVersion)}
+
+
+def _classifier_labels(spec) -> list[str]:
+    """The class labels of a classifier ML Program: the ``classes`` list of the ``classify`` op of its main
+    function."""
+    main = spec.mlProgram.functions["main"]
+    for op in main.block_specializations[main.opset].operations:
+        if op.type == "classify":
+            values = op.inputs["classes"].arguments[0].value.immediateValue.list.values
+            return [v.immediateValue.tensor.strings.values[0] for v in values]
+    return []
