@@ -16,19 +16,16 @@ checked against its spec after writing (:func:`check_coreml`).
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import os
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from ._quiet import quiet
 
 __all__ = ["check_coreml", "export_coreml", "read_coreml_metadata"]
 
@@ -36,26 +33,10 @@ METADATA_KEY = "mobilevision"
 MINIMUM_TARGET = "iOS16"
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet():
     """coremltools' import notices (no libcoremlpython off macOS, untested torch / scikit-learn versions) and its
     conversion progress bars off."""
-    loggers = [logging.getLogger(n) for n in ("coremltools", "torch.utils._pytree", "torch._export")]
-    levels = [lg.level for lg in loggers]
-    import tqdm
-
-    init = tqdm.tqdm.__init__
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    tqdm.tqdm.__init__ = functools.partialmethod(init, disable=True)  # coremltools' bars take no disable flag
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-        tqdm.tqdm.__init__ = init
+    return quiet("coremltools", progress_bars=False)
 
 
 def _coremltools():

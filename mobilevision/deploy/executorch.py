@@ -19,10 +19,7 @@ the ``topk_candidates`` best anchors above ``score_thresh``, class-wise NMS at `
 from __future__ import annotations
 
 import json
-import logging
 import os
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -31,27 +28,15 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ._quiet import quiet
 
 __all__ = ["METADATA_METHOD", "ExecuTorchModel", "export_executorch", "quantize_pt2e", "read_pte_metadata"]
 
 METADATA_METHOD = "mobilevision_metadata"
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """ExecuTorch / torchao import and lowering chatter (deprecation notices, pytree registrations) off."""
-    loggers = [logging.getLogger(n) for n in ("torch.utils._pytree", "torch._export", "executorch", "torchao",
-                                              "torch.export", "torch._dynamo")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+def _quiet():
+    return quiet("executorch", "torchao", "torch._dynamo")
 
 
 def _import_executorch():
