@@ -1,5 +1,5 @@
 """The formats phones load: ExecuTorch ``.pte`` (XNNPACK) read back by ``executorch.runtime`` against the torch
-networks of every task, int8 (PT2E, XNNPACK quantizer) on a trained model against the accuracy targets, Core ML
+networks (detection: in the predict tests), int8 (PT2E, XNNPACK quantizer) on a trained model against the accuracy targets, Core ML
 ``.mlpackage`` files checked with coremltools against their spec, the export command for each format, and the
 calibration sample."""
 
@@ -56,11 +56,11 @@ def tiny_task(kind: str) -> torch.nn.Module:
     return task.eval()
 
 
-@pytest.mark.parametrize("kind", ["classification", "detection", "segmentation", "geolocalization"])
+@pytest.mark.parametrize("kind", ["classification", "segmentation", "geolocalization"])
 def test_executorch_float32_matches_the_torch_network(kind, tmp_path):
-    """Every task at a static batch of 2 (EfficientNet, MobileNetV1 and MobileOne between them; MobileNetV2 in the
-    predict tests): ExecuTorch's XNNPACK kernels give the training network's outputs (MobileOne folded on export,
-    unfolded here)."""
+    """The tasks at a static batch of 2 (EfficientNet, MobileOne and MobileNetV1 between them; detection with
+    MobileNetV2 in the predict tests, through `predict` on images and a video): ExecuTorch's XNNPACK kernels give
+    the training network's outputs (MobileOne folded on export, unfolded here)."""
     task = tiny_task(kind)
     if kind == "classification":  # as `channels_last: true` training leaves the weights
         task.model.to(memory_format=torch.channels_last)
@@ -69,18 +69,8 @@ def test_executorch_float32_matches_the_torch_network(kind, tmp_path):
     outs = run_pte(path, x)
     with torch.no_grad():
         raw = task.model(normalized(x))
-    if kind == "detection":  # boxes decoded in the graph: SSD's own decoding and clipping as reference
-        from torchvision.ops import clip_boxes_to_image
-
-        anchors = task.model.anchors_for((SIZE, SIZE))
-        ref_boxes = clip_boxes_to_image(task.model.box_coder.decode(raw["bbox_regression"], anchors), (SIZE, SIZE))
-        ref_scores = raw["cls_logits"].softmax(-1)[..., 1:]
-        assert len(outs) == 2
-        np.testing.assert_allclose(outs[0].numpy(), ref_boxes.numpy(), atol=1e-3)
-        np.testing.assert_allclose(outs[1].numpy(), ref_scores.numpy(), atol=1e-4)
-    else:
-        assert len(outs) == 1 and tuple(outs[0].shape) == tuple(raw.shape)
-        assert np.abs(outs[0].numpy() - raw.numpy()).max() <= 1e-4 * max(1.0, raw.abs().max().item())
+    assert len(outs) == 1 and tuple(outs[0].shape) == tuple(raw.shape)
+    assert np.abs(outs[0].numpy() - raw.numpy()).max() <= 1e-4 * max(1.0, raw.abs().max().item())
     meta = read_exported_metadata(path)
     assert meta["task"] == kind and meta["format"] == "executorch" and meta["batch"] == 2 and not meta["int8"]
     if kind == "segmentation":  # a static input: the image fitted and padded to the training size

@@ -168,7 +168,7 @@ def test_predict_export_and_onnx_parity(trained, blocks, tmp_path, capsys):
     root = blocks
     onnx_path = tmp_path / "blocks.onnx"
     assert export_main(["--checkpoint", str(trained), "--output", str(onnx_path)]) == 0
-    assert "ONNX Runtime vs torch" in capsys.readouterr().out
+    assert "onnxruntime (CPUExecutionProvider) vs torch" in capsys.readouterr().out
     # predictions of the checkpoint and of the ONNX file on the val images (48 x 64: letterboxed into 48 x 48)
     outs = {}
     for name, model in (("ckpt", trained), ("onnx", onnx_path)):

@@ -402,15 +402,17 @@ def test_ssdlite_sweep_writes_a_config_that_trains(tmp_path, one_thread):
     assert cli.model.hparams.image_size == 128 and "train/loss" in cli.trainer.callback_metrics
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "onnxruntime-int8", "executorch-int8"])
-def test_exported_runtime_sweep_exports_once(runtime, tmp_path, monkeypatch):
-    args = ["--latency-ms", "1000", "--runtime", runtime, "--candidates", "mobilenet_v2_0.35_96", "--repeats", "3",
+@pytest.mark.parametrize("runtime, candidate", [("onnxruntime", "mobilenet_v2_0.35_96"),
+                                                ("onnxruntime-int8", "mobilenet_v2_0.35_96"),
+                                                ("executorch", "mobilenet_v1_0.25_128")])
+def test_exported_runtime_sweep_exports_once(runtime, candidate, tmp_path, monkeypatch):
+    args = ["--latency-ms", "1000", "--runtime", runtime, "--candidates", candidate, "--repeats", "3",
             "--warmup", "1", "--threads", "1", "--output", str(tmp_path)]
     assert select_cli.main(args) == 0
     (exported,) = (tmp_path / "exports" / "classification").iterdir()
     int8 = ".int8" if runtime.endswith("int8") else ""
     suffix = ".b1.pte" if runtime.startswith("executorch") else ".onnx"
-    assert exported.name == "mobilenet_v2_0.35_96" + int8 + suffix
+    assert exported.name == candidate + int8 + suffix
     assert read_exported_metadata(exported)["int8"] == bool(int8)
     # measuring again reuses the export
     monkeypatch.setattr("mobilevision.deploy.formats.export_model", lambda *a, **k: pytest.fail("exported again"))
