@@ -3,10 +3,13 @@
 Usage::
 
     mobilevision select --task classification|ssdlite --latency-ms B
-                        [--runtime torch|onnxruntime|onnxruntime-int8] [--threads N] [--batch 1]
+                        [--runtime torch|onnxruntime|onnxruntime-int8|executorch|executorch-int8]
+                        [--threads N] [--batch 1]
                         [--families mobilenet_v1,mobilenet_v2,mobileone,efficientnet] [--candidates NAME,...]
                         [--sizes 320,256,192] [--statistic p90|median] [--repeats 30] [--warmup 5]
                         [--time-budget-s 300] [--remeasure] [--verify] [--output outputs/select]
+    mobilevision select --task T --export-candidates DIR [--format executorch|onnx|coreml] [--int8]
+    mobilevision select --task T --latency-ms B --device-latencies FILE.csv    (see select_device)
 
 Measures the published grids of the families (:func:`~mobilevision.evaluation.selection.candidate_grid`: MobileNetV1
 alpha x rho, MobileNetV2 depth multiplier x resolution as published, EfficientNet B0-B7 at their resolutions,
@@ -16,7 +19,9 @@ this machine with random weights (latency does not depend on them), in the chose
 - ``torch``: the deployable network (:func:`~mobilevision.deploy.deployable`: normalization inside, MobileOne
   folded, for detection the box decoder) under ``torch.inference_mode``, ``torch.set_num_threads(N)``;
 - ``onnxruntime`` / ``onnxruntime-int8``: the file ``mobilevision export`` writes (float32, or int8 calibrated on
-  random images), on ONNX Runtime's CPU provider with N intra-op threads.
+  random images), on ONNX Runtime's CPU provider with N intra-op threads;
+- ``executorch`` / ``executorch-int8``: the ``.pte`` file (XNNPACK, static batch ``--batch``) under
+  ``executorch.runtime`` with an XNNPACK thread pool of N.
 
 Every candidate is built with the network-shaping settings of the task's default recipe (for ``ssdlite`` its
 ``first_stride`` and default boxes: :data:`ARCHITECTURE_ARGS`), and the written config keeps them: the network timed is
