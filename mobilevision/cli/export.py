@@ -187,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"calibration folder {args.calibration} does not exist")
     if args.batch is not None and args.batch != "dynamic" and (not args.batch.isdigit() or int(args.batch) < 1):
         raise UserError(f"--batch must be 'dynamic' or a positive integer, got {args.batch!r}")
-    if args.batch == "dynamic" and fmt.name != "onnx":
+    if args.batch == "dynamic" and fmt.static_batch:
         raise UserError(f"{fmt.name} files have a static batch size: --batch N (default 1)")
     task, ckpt = load_any_task(args.checkpoint)
     predictor = Predictor(args.checkpoint)
@@ -210,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
               + (f", {len(summary['labels'])} class labels" if summary["labels"] else ""))
     if not args.int8:
         return 0
-    meta = metadata_of(task, ckpt) if fmt.name == "onnx" else static_metadata(metadata_of(task, ckpt))
+    meta = static_metadata(metadata_of(task, ckpt)) if fmt.static_batch else metadata_of(task, ckpt)
     batches = list(_calibration_batches(meta, args.calibration, args.calibration_size, args.batch_size,
                                         args.calibration_seed))
     if not batches:

@@ -250,6 +250,21 @@ def build_task(point: GridPoint, arch: dict[str, Any] | None = None):
                **arch).eval()
 
 
+def complexity(network, point: GridPoint) -> tuple[int, int]:
+    """(MAdds per image, params) of a candidate's deployable network."""
+    from ..evaluation.complexity import count_madds, count_params
+
+    return count_madds(network, (1, 3, point.image_size, point.image_size)), count_params(network)
+
+
+def random_calibration(point: GridPoint, batch: int) -> list:
+    """int8 calibration batches of random images for a candidate: latency does not depend on the values."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [rng.random((batch, 3, point.image_size, point.image_size), dtype=np.float32) for _ in range(4)]
+
+
 def _torch_runner(task, batch: int, inputs: dict) -> tuple[Callable[[], Any], Any]:
     import torch
 
@@ -267,13 +282,11 @@ def _exported_file(task, point: GridPoint, runtime: str, batch: int, export_dir:
                    log: Callable[[str], None]) -> Path:
     """The export of ``point`` for ``runtime`` under ``export_dir`` (reused when a previous call wrote it), float32
     or int8 (calibrated on random images)."""
-    import numpy as np
-
     from ..deploy.formats import FORMATS, export_model, read_exported_metadata
 
     fmt = RUNTIME_FORMATS[runtime]
     int8 = runtime.endswith("-int8")
-    static = fmt != "onnx"  # ExecuTorch files have a static batch
+    static = FORMATS[fmt].static_batch
     name = f"{point.name}{'.int8' if int8 else ''}{f'.b{batch}' if static else ''}{FORMATS[fmt].suffix}"
     path = export_dir / point.task / name
     if path.is_file():
@@ -285,11 +298,7 @@ def _exported_file(task, point: GridPoint, runtime: str, batch: int, export_dir:
         except Exception:  # noqa: BLE001 - an unreadable leftover is exported again
             pass
     t0 = time.perf_counter()
-    calibration = None
-    if int8:
-        rng = np.random.default_rng(0)
-        calibration = [rng.random((batch if static else 1, 3, point.image_size, point.image_size), dtype=np.float32)
-                       for _ in range(4)]
+    calibration = random_calibration(point, batch if static else 1) if int8 else None
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     export_model(task, tmp, fmt, batch=batch if static else None, calibration=calibration)
@@ -312,12 +321,9 @@ def _exported_runner(path: Path, threads: int, batch: int, size: int, inputs: di
 def prepare(point: GridPoint, runtime: str, threads: int, batch: int, export_dir: Path, inputs: dict,
             log: Callable[[str], None]) -> tuple[Callable[[], Any], int, int]:
     """A zero-argument call running ``point`` once in ``runtime``, and its (MAdds per image, params)."""
-    from ..evaluation.complexity import count_madds, count_params
-
     task = build_task(point)
     fn, network = _torch_runner(task, batch, inputs)
-    madds = count_madds(network, (1, 3, point.image_size, point.image_size))
-    params = count_params(network)
+    madds, params = complexity(network, point)
     if runtime != "torch":
         path = _exported_file(task, point, runtime, batch, export_dir, log)
         del fn, network

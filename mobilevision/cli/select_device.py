@@ -29,10 +29,9 @@ MANIFEST_COLUMNS = ("name", "file", "task", "backbone", "width", "image_size", "
 def export_candidates(points: Sequence[GridPoint], args: argparse.Namespace, console) -> int:
     """Write every candidate (random weights: latency does not depend on them) as ``args.format`` files of batch
     ``args.batch`` into ``args.export_candidates``, and ``manifest.csv`` listing them."""
-    from ..deploy.formats import FORMATS, export_model
-    from ..evaluation.complexity import count_madds, count_params
     from ..deploy import deployable
-    from .select import build_task
+    from ..deploy.formats import FORMATS, export_model
+    from .select import build_task, complexity, random_calibration
 
     fmt = FORMATS[args.format]
     if args.int8 and not fmt.int8:
@@ -44,24 +43,17 @@ def export_candidates(points: Sequence[GridPoint], args: argparse.Namespace, con
     t0 = time.perf_counter()
     for i, point in enumerate(points, 1):
         task = build_task(point)
-        calibration = None
-        if args.int8:
-            import numpy as np
-
-            rng = np.random.default_rng(0)
-            calibration = [rng.random((args.batch, 3, point.image_size, point.image_size), dtype=np.float32)
-                           for _ in range(4)]
+        calibration = random_calibration(point, args.batch) if args.int8 else None
         name = f"{point.name}{'.int8' if args.int8 else ''}{fmt.suffix}"
         t = time.perf_counter()
         export_model(task, out / name, fmt.name, batch=args.batch, calibration=calibration)
-        network, _ = deployable(task)
+        madds, params = complexity(deployable(task)[0], point)
         acc = published_accuracy(point, table)
         rows.append({"name": point.name, "file": name, "task": point.task, "backbone": point.backbone,
                      "width": "" if point.width is None else point.width, "image_size": point.image_size,
                      "batch": args.batch, "format": fmt.name, "int8": int(bool(args.int8)),
                      "published_top1": "" if acc is None else acc.top1,
-                     "madds": count_madds(network, (1, 3, point.image_size, point.image_size)),
-                     "params": count_params(network)})
+                     "madds": madds, "params": params})
         console.print(f"[{i}/{len(points)}] wrote {out / name} ({time.perf_counter() - t:.1f} s)", markup=False)
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="") as f:
@@ -125,16 +117,14 @@ def read_device_latencies(path: Path, points: Sequence[GridPoint]) -> dict[str, 
 def device_entries(args: argparse.Namespace, points: Sequence[GridPoint]) -> dict[str, dict[str, Any]]:
     """Cache-like entries of the candidates the device latencies name: their latency, MAdds and params."""
     from ..deploy import deployable
-    from ..evaluation.complexity import count_madds, count_params
-    from .select import build_task
+    from .select import build_task, complexity
 
     latencies = read_device_latencies(args.device_latencies, points)
     entries = {}
     for point in points:
         if point.name in latencies:
-            network, _ = deployable(build_task(point))
-            entries[point.name] = {"latency": dict(latencies[point.name], repeats=None),
-                                   "madds": count_madds(network, (1, 3, point.image_size, point.image_size)),
-                                   "params": count_params(network),
+            madds, params = complexity(deployable(build_task(point))[0], point)
+            entries[point.name] = {"latency": dict(latencies[point.name], repeats=None), "madds": madds,
+                                   "params": params,
                                    "measured": f"on the device ({args.device_latencies.name})"}
     return entries

@@ -71,6 +71,9 @@ def export_coreml(task: nn.Module, output: str | os.PathLike, *, ckpt: dict[str,
 
     if str(batch) == "dynamic" or not str(batch).isdigit() or int(batch) < 1:
         raise UserError(f"Core ML files have a static batch size: --batch N (default 1), got {batch!r}")
+    output = Path(output)
+    if output.suffix.lower() != ".mlpackage":
+        raise UserError(f"a Core ML ML Program is a .mlpackage, got {output}")
     ct = _coremltools()
     batch = int(batch)
     meta = metadata_of(task, ckpt)
@@ -99,9 +102,6 @@ def export_coreml(task: nn.Module, output: str | os.PathLike, *, ckpt: dict[str,
     model.user_defined_metadata[METADATA_KEY] = json.dumps(meta)
     model.author = "mobilevision"
     model.short_description = f"mobilevision {kind} model ({meta['backbone']}, {h}x{w} RGB input)"
-    output = Path(output)
-    if output.suffix.lower() != ".mlpackage":
-        raise UserError(f"a Core ML ML Program is a .mlpackage, got {output}")
     output.parent.mkdir(parents=True, exist_ok=True)
     with _quiet():
         model.save(os.fspath(output))
@@ -117,9 +117,9 @@ def _spec(path: Path):
         return ct.models.MLModel(os.fspath(path), skip_model_load=True).get_spec()
 
 
-def read_coreml_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The mobilevision metadata of an ``.mlpackage``."""
-    spec = _spec(Path(path))
+def read_coreml_metadata(path: str | os.PathLike, spec=None) -> dict[str, Any]:
+    """The mobilevision metadata of an ``.mlpackage`` (from its ``spec`` when already read)."""
+    spec = _spec(Path(path)) if spec is None else spec
     fields = dict(spec.description.metadata.userDefined)
     if METADATA_KEY not in fields:
         raise UserError(f"{path} has no mobilevision metadata (not written by `mobilevision export`)")
@@ -142,7 +142,7 @@ def check_coreml(path: str | os.PathLike) -> dict[str, Any]:
     raises ``UserError`` naming the first mismatch."""
     path = Path(path)
     spec = _spec(path)
-    meta = read_coreml_metadata(path)
+    meta = read_coreml_metadata(path, spec)
     problems = []
     if spec.WhichOneof("Type") != "mlProgram":
         problems.append(f"model type {spec.WhichOneof('Type')}, not mlProgram")

@@ -30,10 +30,14 @@ class ExportFormat:
     runs_here: bool
     #: what loads the file on a device
     runtime: str
+    #: the input shape is static (phone runtimes plan memory for it): a fixed batch, default 1, and a segmentation
+    #: model takes its training resolution (:func:`~mobilevision.deploy.graph.static_metadata`)
+    static_batch: bool = True
 
 
 FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat("onnx", ".onnx", True, True, "ONNX Runtime (servers, desktops, Android / iOS builds)"),
+    "onnx": ExportFormat("onnx", ".onnx", True, True, "ONNX Runtime (servers, desktops, Android / iOS builds)",
+                         static_batch=False),
     "executorch": ExportFormat("executorch", ".pte", True, True,
                                "ExecuTorch with the XNNPACK delegate (Android, iOS, Linux; the CPU kernels of phones)"),
     "coreml": ExportFormat("coreml", ".mlpackage", False, False,
