@@ -167,8 +167,8 @@ def test_benchmark_runtimes_section(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     sections = main(["--quick", "--sections", "runtimes", "--runtime-models", "mobileone_s0", "--runtime-size", "64",
-                     "--runtime-batch", "1,2", "--repeats", "2", "--warmup", "1", "--time-budget", "1",
-                     "--out", tmp_path])
+                     "--runtime-batch", "1,2", "--runtime-backends", "onnx", "--repeats", "2", "--warmup", "1",
+                     "--time-budget", "1", "--out", tmp_path])
     assert [s.csv_name for s in sections] == ["runtimes"]
     with open(tmp_path / "runtimes.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -194,7 +194,26 @@ def test_benchmark_runtimes_section(tmp_path):
 
 
 def test_vnni_line(monkeypatch):
-    monkeypatch.setattr(benchmark, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
-    assert benchmark.vnni_line().startswith("VNNI: yes (avx512_vnni")
-    monkeypatch.setattr(benchmark, "cpu_flags", lambda: {"avx2", "fma"})
-    assert benchmark.vnni_line().startswith("VNNI: no") and "widest SIMD avx2" in benchmark.vnni_line()
+    monkeypatch.setattr(benchmark.runtimes, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    assert benchmark.runtimes.vnni_line().startswith("VNNI: yes (avx512_vnni")
+    monkeypatch.setattr(benchmark.runtimes, "cpu_flags", lambda: {"avx2", "fma"})
+    assert benchmark.runtimes.vnni_line().startswith("VNNI: no") and "widest SIMD avx2" in benchmark.runtimes.vnni_line()
+
+
+def test_benchmark_runtimes_executorch_columns(tmp_path):
+    """The ExecuTorch columns (XNNPACK float32 / int8, ours and the timm reference lowered the same way): the
+    float32 programs compute what eager does, the int8 ones roughly, every time and ratio is filled in."""
+    pytest.importorskip("executorch")
+    sections = main(["--quick", "--sections", "runtimes", "--runtime-models", "mobileone_s0", "--runtime-size", "64",
+                     "--runtime-batch", "2", "--runtime-backends", "onnx,executorch", "--repeats", "2", "--warmup",
+                     "1", "--time-budget", "1", "--out", tmp_path])
+    (row,) = sections[0].rows
+    for key in ("et_ms", "et_int8_ms", "ref_et_ms", "ref_et_int8_ms"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert row["et_vs_ort"] == pytest.approx(row["et_ms"] / row["ort_ms"])
+    assert row["et_int8_vs_et"] == pytest.approx(row["et_int8_ms"] / row["et_ms"])
+    assert row["ours_vs_ref_et"] == pytest.approx(row["et_ms"] / row["ref_et_ms"])
+    assert float(row["et_rel_err"]) < 1e-4 and float(row["ref_et_rel_err"]) < 1e-4
+    assert 0 < float(row["et_int8_rel_err"]) < 0.5
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "`ET`: executorch 1.5" in md and "ET int8 faster than ET float32 in" in md

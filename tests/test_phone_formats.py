@@ -91,6 +91,19 @@ def test_executorch_rejects_a_dynamic_batch_and_names_bad_files(tmp_path):
         format_of(tmp_path / "m.tflite")
 
 
+def test_export_command_writes_a_static_segmentation_program(tmp_path, capsys):
+    """A segmentation checkpoint validates at any image size but a ``.pte`` has a static input: the command's parity
+    check feeds the file its own input size, and ``predict`` with the file gives a mask at each image's size."""
+    task = tiny_task("segmentation")
+    ckpt = tmp_path / "seg.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, ckpt)
+    assert export_main(["--checkpoint", str(ckpt), "--output", str(tmp_path / "seg.pte")]) == 0, capsys.readouterr()
+    assert f"executorch (XNNPACK) vs torch on 3 random inputs: logits {SIZE}x{SIZE}" in capsys.readouterr().out
+    image = (np.random.default_rng(0).random((37, 90, 3)) * 255).astype(np.uint8)
+    result = Predictor(tmp_path / "seg.pte")([image])[0]
+    assert result["mask"].shape == (37, 90) and set(np.unique(result["mask"])) <= {0, 1, 2, 3}
+
+
 # -- Core ML -----------------------------------------------------------------------------------------------------
 def coreml_spec(path):
     import coremltools as ct
@@ -261,3 +274,34 @@ def test_calibration_sample_spreads_over_sub_folders_and_videos(tmp_path):
     writer.release()
     frames = [name for name, _ in sample_images(tmp_path / "clips", 4)]
     assert frames == ["v.mp4#0", "v.mp4#10", "v.mp4#20", "v.mp4#30"]
+
+
+# -- inference without the training stack -------------------------------------------------------------------------
+def test_running_exported_files_loads_no_training_stack(tmp_path):
+    """A fresh interpreter runs an ExecuTorch file and ONNX files of the other tasks through ``Predictor`` without
+    importing Lightning, torchmetrics, pycocotools, albumentations or the data and task modules."""
+    import subprocess
+    import sys
+
+    files = [export_model(tiny_task("classification"), tmp_path / "cls.pte", "executorch")]
+    files += [export_model(tiny_task(kind), tmp_path / f"{kind}.onnx", "onnx")
+              for kind in ("detection", "segmentation", "geolocalization")]
+    script = (
+        "import sys, numpy as np\n"
+        "from mobilevision.deploy import Predictor\n"
+        "image = np.random.default_rng(0).integers(0, 255, (50, 90, 3), dtype=np.uint8)\n"
+        "for path in sys.argv[1:]:\n"
+        "    result = Predictor(path)([image])[0]\n"
+        "    print(path.rsplit('/', 1)[-1], sorted(result))\n"
+        "heavy = ('pytorch_lightning', 'lightning', 'lightning_fabric', 'torchmetrics', 'pycocotools',\n"
+        "         'albumentations', 'mobilevision.data', 'mobilevision.tasks', 'mobilevision.evaluation')\n"
+        "print('loaded:', [m for m in heavy if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", script, *map(str, files)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert "cls.pte ['label', 'name', 'probs', 'score', 'top5']" in lines
+    assert "detection.onnx ['boxes', 'category_ids', 'labels', 'names', 'scores']" in lines
+    assert "segmentation.onnx ['fractions', 'mask']" in lines
+    assert "geolocalization.onnx ['cell', 'cell_token', 'latitude', 'longitude', 'prob']" in lines
+    assert lines[-1] == "loaded: []"

@@ -3,7 +3,7 @@ Core ML; ``mobilevision predict`` runs the ONNX and ExecuTorch files.
 
     mobilevision export --checkpoint CKPT --output model.onnx|model.pte|model.mlpackage [--format F]
                         [--batch dynamic|N] [--opset N] [--nms]
-                        [--int8 --calibration DIR [--calibration-size N]] [--eval-batches N]
+                        [--int8 --calibration DIR [--calibration-size N] [--qat-steps N]] [--eval-batches N]
 
 The model takes RGB in [0, 1] (Core ML: an RGB image) at the training resolution (normalization inside;
 MobileOne folded) and carries its metadata (task, preprocessing, classes, category ids, cell locations) inside the
@@ -12,7 +12,9 @@ differences are printed (a failed check is an error); a Core ML file is checked 
 Apple devices only). With ``--int8`` the output is the int8 model (static quantization calibrated on images
 sampled from ``DIR``: ONNX QDQ through ONNX Runtime, ExecuTorch PT2E with the XNNPACK quantizer), the float one is
 written next to it (``NAME_fp32.<suffix>``), and both are scored on the checkpoint's validation data (top-1, mAP,
-mIoU or km accuracy) and timed.
+mIoU or km accuracy) and timed. ``--qat-steps N`` (ExecuTorch) fine-tunes the int8 network with fake quantization
+for N steps on the calibration images, taught by the float network (no labels needed), before converting; the
+post-training int8 file is then written too (``NAME_ptq.pte``) and scored beside it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduce-range", action="store_true",
                    help="with --int8, ONNX: 7-bit weights, for x86 CPUs without VNNI (AVX2 only), where 8-bit can "
                         "saturate")
+    p.add_argument("--qat-steps", type=int, default=0,
+                   help="with --int8, ExecuTorch: quantization-aware fine-tuning steps (batches of --batch-size "
+                        "calibration images, the float model as teacher); 0: post-training int8 only")
+    p.add_argument("--qat-lr", type=float, default=1e-5, help="with --qat-steps: AdamW learning rate (cosine to 0)")
     p.add_argument("--eval-batches", type=int, default=None,
                    help="with --int8: validation batches scored (default: the whole validation split)")
     p.add_argument("--batch-size", type=int, default=16, help="batch size of calibration and evaluation")
@@ -104,7 +110,7 @@ def _check_parity(predictor, exported, nms: bool) -> str:
             raise UserError(f"{exported.runtime} and torch disagree: scores differ by up to {worst:.2e}")
         return f"{exported.runtime} vs torch on 3 random inputs: same detection counts, scores within {worst:.1e}"
     inputs = [x]
-    if predictor.meta.get("input_size") == "dynamic":  # any size: also another aspect, not a multiple of 32
+    if exported.meta.get("input_size") == "dynamic":  # any size: also another aspect, not a multiple of 32
         inputs.append(np.random.default_rng(1).random((1, 3, h + 7, w + w // 2 + 3), dtype=np.float32))
     parts = []
     for x in inputs:
@@ -130,8 +136,8 @@ def _headline(kind: str, stats: dict) -> dict[str, float]:
     return {"acc_750km": stats["acc_750km"], "acc_2500km": stats["acc_2500km"], "median_km": stats["median_km"]}
 
 
-def _compare_int8(task, ckpt, float_path: Path, int8_path: Path, args) -> list[dict]:
-    """Score and time the float32 and int8 files; print and return one row each."""
+def _compare_int8(task, ckpt, files: dict[str, Path], args) -> list[dict]:
+    """Score and time the float32 and int8 files (``{row name: file}``); print and return one row each."""
     from rich.console import Console
     from rich.table import Table
 
@@ -147,7 +153,7 @@ def _compare_int8(task, ckpt, float_path: Path, int8_path: Path, args) -> list[d
                       markup=False)
         dm = None
     rows = []
-    for name, path in (("float32", float_path), ("int8", int8_path)):
+    for name, path in files.items():
         median, p90 = latency_ms(load_exported(path))
         row = {"model": name, "latency_ms": median, "latency_p90_ms": p90, "size_mb": path.stat().st_size / 1e6}
         if dm is not None:
@@ -155,8 +161,9 @@ def _compare_int8(task, ckpt, float_path: Path, int8_path: Path, args) -> list[d
             row.update(_headline(task_kind(task), evaluate_predictor(Predictor(path), dm, args.eval_batches)))
             console.print(f"scored {name} on the validation split in {time.perf_counter() - t:.0f} s", markup=False)
         rows.append(row)
+    int8_path = files[list(files)[-1]]
     runtime = Predictor(int8_path).runtime
-    table = Table(title=f"float32 vs int8 (accuracy: validation split; latency: {runtime}, batch "
+    table = Table(title=f"{' vs '.join(files)} (accuracy: validation split; latency: {runtime}, batch "
                         f"{load_exported(int8_path).batch or 1})")
     for key in rows[0]:
         table.add_column(key, justify="left" if key == "model" else "right")
@@ -183,6 +190,12 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--int8 needs --calibration DIR (representative images)")
     if args.int8 and not fmt.int8:
         raise UserError(f"--int8 is not available for {fmt.name} files")
+    if args.qat_steps < 0:
+        raise UserError(f"--qat-steps must be 0 or more, got {args.qat_steps}")
+    if args.qat_steps and not args.int8:
+        raise UserError("--qat-steps fine-tunes the int8 model: add --int8 --calibration DIR")
+    if args.qat_steps and not fmt.qat:
+        raise UserError(f"--qat-steps is available for ExecuTorch files (.pte), not {fmt.name}")
     if args.calibration is not None and not args.calibration.is_dir():
         raise FileNotFoundError(f"calibration folder {args.calibration} does not exist")
     if args.batch is not None and args.batch != "dynamic" and (not args.batch.isdigit() or int(args.batch) < 1):
@@ -218,9 +231,22 @@ def _run(args: argparse.Namespace) -> int:
     print(f"calibrating int8 on {sum(len(b) for b in batches)} images sampled from {args.calibration}")
     if fmt.name == "onnx":
         options.update(method=args.calibration_method, reduce_range=args.reduce_range)
+    files = {"float32": float_path}
+    if args.qat_steps:
+        ptq_path = args.output.with_name(args.output.stem + "_ptq" + fmt.suffix)
+        t = time.perf_counter()
+        export_model(task, ptq_path, fmt.name, ckpt=ckpt, batch=args.batch, calibration=batches, **options)
+        print(f"wrote {ptq_path} (int8, post-training) in {time.perf_counter() - t:.1f} s")
+        files["int8 PTQ"] = ptq_path
+        options.update(qat_steps=args.qat_steps, qat_lr=args.qat_lr, qat_batch=args.batch_size,
+                       qat_seed=args.calibration_seed)
+        print(f"quantization-aware training: {args.qat_steps} steps of {args.batch_size} images, AdamW lr "
+              f"{args.qat_lr:g}, the float model as teacher")
     t = time.perf_counter()
     export_model(task, args.output, fmt.name, ckpt=ckpt, batch=args.batch, nms=args.nms, calibration=batches,
                  **options)
-    print(f"wrote {args.output} (int8) in {time.perf_counter() - t:.1f} s")
-    _compare_int8(task, ckpt, float_path, args.output, args)
+    label = "int8 QAT" if args.qat_steps else "int8"
+    print(f"wrote {args.output} ({label}) in {time.perf_counter() - t:.1f} s")
+    files[label] = args.output
+    _compare_int8(task, ckpt, files, args)
     return 0

@@ -30,7 +30,8 @@ from torch import nn
 from ..errors import UserError
 from ._quiet import quiet
 
-__all__ = ["METADATA_METHOD", "ExecuTorchModel", "export_executorch", "quantize_pt2e", "read_pte_metadata"]
+__all__ = ["METADATA_METHOD", "ExecuTorchModel", "export_executorch", "lower_xnnpack", "prediction_layers", "quantize_pt2e",
+           "read_pte_metadata", "xnnpack_quantizer"]
 
 METADATA_METHOD = "mobilevision_metadata"
 
@@ -48,17 +49,6 @@ def _import_executorch():
         raise UserError("ExecuTorch files need the executorch package: pip install 'mobilevision[mobile]' "
                         f"(executorch 1.5.1 with torch 2.14.1; {e})") from e
     return to_edge_transform_and_lower, XnnpackPartitioner
-
-
-class _Decoded(nn.Module):
-    """network -> box decoder: one module, so that one program gives boxes and scores."""
-
-    def __init__(self, network: nn.Module, decoder: nn.Module) -> None:
-        super().__init__()
-        self.network, self.decoder = network, decoder
-
-    def forward(self, images: torch.Tensor):
-        return self.decoder(*self.network(images))
 
 
 def prediction_layers(graph_module: torch.fx.GraphModule) -> set[str]:
@@ -82,6 +72,34 @@ def prediction_layers(graph_module: torch.fx.GraphModule) -> set[str]:
     return keep
 
 
+def xnnpack_quantizer(graph: torch.fx.GraphModule, keep_float: bool = True, qat: bool = False):
+    """The quantizer of every int8 ``.pte``: the XNNPACK quantizer's symmetric configuration (per-channel symmetric
+    int8 weights with min-max ranges, int8 activations with histogram ranges); with ``keep_float`` the prediction
+    layers (:func:`prediction_layers` of ``graph``) stay float. ``qat``: the same quantization as fake-quantize
+    modules whose observers are the post-training ones, so that a calibration pass gives exactly the post-training
+    ranges (:func:`~mobilevision.deploy.qat.qat_pt2e` starts from them)."""
+    import dataclasses
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    if qat:
+        from torchao.quantization.pt2e import FakeQuantize, HistogramObserver, PerChannelMinMaxObserver
+        from torchao.quantization.pt2e.quantizer.utils import QuantizationConfig
+
+        act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=FakeQuantize.with_args(
+            observer=HistogramObserver, eps=2 ** -12))
+        weight = dataclasses.replace(config.weight, observer_or_fake_quant_ctr=FakeQuantize.with_args(
+            observer=PerChannelMinMaxObserver, eps=2 ** -12))
+        config = QuantizationConfig(act, act, weight, None, is_qat=True)
+    quantizer = XNNPACKQuantizer().set_global(config)
+    if keep_float:
+        float_nodes = prediction_layers(graph)
+        quantizer.set_filter_function(lambda node: node.name not in float_nodes)
+    return quantizer
+
+
 def quantize_pt2e(network: nn.Module, example: torch.Tensor, batches: Iterable[np.ndarray | torch.Tensor],
                   keep_float: bool = True) -> torch.fx.GraphModule:
     """``network`` captured with ``torch.export`` and quantized for XNNPACK (PT2E static: per-channel symmetric
@@ -89,15 +107,10 @@ def quantize_pt2e(network: nn.Module, example: torch.Tensor, batches: Iterable[n
     ``example``'s shape or smaller: smaller batches are padded by repetition). ``keep_float``: the prediction layers
     (:func:`prediction_layers`) stay float32."""
     with _quiet():
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer, get_symmetric_quantization_config)
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         graph = torch.export.export(network.eval(), (example,)).module()
-        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        if keep_float:
-            float_nodes = prediction_layers(graph)
-            quantizer.set_filter_function(lambda node: node.name not in float_nodes)
+        quantizer = xnnpack_quantizer(graph, keep_float)
         prepared = prepare_pt2e(graph, quantizer)
         seen = 0
         with torch.no_grad():
@@ -120,20 +133,23 @@ def _fixed_batches(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
 
 
 def export_executorch(task: nn.Module, output: str | os.PathLike, *, ckpt: dict[str, Any] | None = None,
-                      batch: int | str = 1, calibration: Iterable[np.ndarray] | None = None) -> Path:
+                      batch: int | str = 1, calibration: Iterable[np.ndarray] | None = None, qat_steps: int = 0,
+                      qat_lr: float = 1e-5, qat_batch: int = 16, qat_seed: int = 0) -> Path:
     """Write ``task`` (a loaded mobilevision task) as an ExecuTorch program with the XNNPACK delegate.
 
     ``batch``: the static batch size (``"dynamic"`` is refused: phone runtimes plan memory for static shapes;
     export one file per batch size). ``calibration``: float32 batches [B, 3, H, W] in [0, 1] at the model's input
-    size; given, the network is int8 (:func:`quantize_pt2e`). Segmentation files take the training resolution
+    size; given, the network is int8 (:func:`quantize_pt2e`), or with ``qat_steps`` > 0 fine-tuned with fake quantization
+    on those images first (:func:`~mobilevision.deploy.qat.qat_pt2e`, ``qat_lr``, ``qat_batch``). Segmentation
+    files take the training resolution
     (``preprocess.resize = "longer_side_pad"``: the image fitted and padded to it, as ``predict`` does)."""
-    from .graph import deployable, metadata_of, static_metadata
+    from .graph import DecodedNetwork, deployable, metadata_of, static_metadata
 
     if str(batch) == "dynamic":
         raise UserError("ExecuTorch files have a static batch size: --batch N (default 1), one file per size")
     if not str(batch).isdigit() or int(batch) < 1:
         raise UserError(f"batch must be a positive integer, got {batch!r}")
-    to_edge_transform_and_lower, XnnpackPartitioner = _import_executorch()
+    _import_executorch()
     from importlib.metadata import version
 
     meta = metadata_of(task, ckpt)
@@ -142,16 +158,34 @@ def export_executorch(task: nn.Module, output: str | os.PathLike, *, ckpt: dict[
     h, w = meta["image_size"]
     example = torch.rand(int(batch), 3, h, w, generator=torch.Generator().manual_seed(0))
     int8 = calibration is not None
-    if int8:
+    if qat_steps and not int8:
+        raise UserError("quantization-aware training needs calibration images")
+    if int8 and qat_steps:
+        from .qat import qat_pt2e
+
+        with _quiet():
+            network = qat_pt2e(network, example, calibration, qat_steps, lr=qat_lr, batch_size=qat_batch,
+                               seed=qat_seed)
+    elif int8:
         network = quantize_pt2e(network, example, calibration)
-    module = _Decoded(network, decoder) if decoder is not None else network
+    module = DecodedNetwork(network, decoder) if decoder is not None else network
     meta.update(format="executorch", backend="xnnpack", int8=int8, batch=int(batch), nms=False,
+                quantization=("qat" if qat_steps else "ptq") if int8 else None,
                 exporter=f"executorch {version('executorch')} (XNNPACK), torch {torch.__version__.split('+')[0]}")
     blob = torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8)
+    return lower_xnnpack(module, example, output, constant_methods={METADATA_METHOD: blob})
+
+
+def lower_xnnpack(module: nn.Module, example: torch.Tensor, output: str | os.PathLike,
+                  constant_methods: dict[str, torch.Tensor] | None = None) -> Path:
+    """``module`` (float in eval mode, or a converted int8 graph) captured by ``torch.export`` at ``example``'s shape, lowered with
+    ``to_edge_transform_and_lower`` + ``XnnpackPartitioner`` and written to ``output``: the one lowering of every
+    ``.pte`` (the benchmark lowers the torchvision / timm references with it too)."""
+    to_edge_transform_and_lower, XnnpackPartitioner = _import_executorch()
     with _quiet(), torch.no_grad():
-        program = torch.export.export(module.eval() if not int8 else module, (example,))
+        program = torch.export.export(module, (example,))
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
-                                              constant_methods={METADATA_METHOD: blob})
+                                              constant_methods=constant_methods)
         buffer = lowered.to_executorch().buffer
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -33,13 +33,17 @@ class ExportFormat:
     #: the input shape is static (phone runtimes plan memory for it): a fixed batch, default 1, and a segmentation
     #: model takes its training resolution (:func:`~mobilevision.deploy.graph.static_metadata`)
     static_batch: bool = True
+    #: int8 can be fine-tuned with fake quantization first (``export --int8 --qat-steps N``; PT2E QAT with the quantizer
+    #: of the post-training path)
+    qat: bool = False
 
 
 FORMATS: dict[str, ExportFormat] = {
     "onnx": ExportFormat("onnx", ".onnx", True, True, "ONNX Runtime (servers, desktops, Android / iOS builds)",
                          static_batch=False),
     "executorch": ExportFormat("executorch", ".pte", True, True,
-                               "ExecuTorch with the XNNPACK delegate (Android, iOS, Linux; the CPU kernels of phones)"),
+                               "ExecuTorch with the XNNPACK delegate (Android, iOS, Linux; the CPU kernels of phones)",
+                               qat=True),
     "coreml": ExportFormat("coreml", ".mlpackage", False, False,
                            "Core ML ML Program (iOS 16 / macOS 13 and later; executes on Apple devices only)"),
 }
@@ -68,6 +72,9 @@ def export_model(task: nn.Module, output: str | os.PathLike, fmt: str, *, ckpt: 
     if calibration is not None and not spec.int8:
         raise UserError(f"--int8 is not available for {fmt} files (formats with int8: "
                         f"{', '.join(n for n, f in FORMATS.items() if f.int8)})")
+    if options.get("qat_steps") and not spec.qat:
+        raise UserError(f"quantization-aware training (--qat-steps) is available for "
+                        f"{', '.join(n for n, f in FORMATS.items() if f.qat)} files, not {fmt}")
     if nms and fmt != "onnx":
         raise UserError(f"--nms (NMS inside the graph) is written for ONNX files; a {fmt} file gives boxes and scores "
                         "and the app (or `mobilevision predict`) selects detections")
@@ -85,7 +92,8 @@ def export_model(task: nn.Module, output: str | os.PathLike, fmt: str, *, ckpt: 
     if fmt == "executorch":
         from .executorch import export_executorch
 
-        return export_executorch(task, output, ckpt=ckpt, batch=1 if batch is None else batch, calibration=calibration)
+        return export_executorch(task, output, ckpt=ckpt, batch=1 if batch is None else batch, calibration=calibration,
+                                 **options)
     from .coreml import export_coreml
 
     return export_coreml(task, output, ckpt=ckpt, batch=1 if batch is None else batch)

@@ -21,7 +21,7 @@ from ..detection import BoxCoder
 from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask, SegmentationTask
 from ..tasks.checkpoint import load_checkpoint, load_task
 
-__all__ = ["DetectionDecoder", "NormalizedNetwork", "TASK_CLASSES", "deployable", "load_any_task", "metadata_of",
+__all__ = ["DecodedNetwork", "DetectionDecoder", "NormalizedNetwork", "TASK_CLASSES", "deployable", "load_any_task", "metadata_of",
            "static_metadata", "task_kind"]
 
 FORMAT_VERSION = 1
@@ -91,6 +91,18 @@ class DetectionDecoder(nn.Module):
         scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]
         boxes = self.box_coder.decode(bbox_regression.float(), self.anchors)
         return clip_boxes_to_image(boxes, self.image_size), scores
+
+
+class DecodedNetwork(nn.Module):
+    """``decoder(*network(images))``: a deployable detector end to end, ``images`` -> ``(boxes, scores)``, as one
+    module (one program for the exporters that write one)."""
+
+    def __init__(self, network: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.network, self.decoder = network, decoder
+
+    def forward(self, images: torch.Tensor):
+        return self.decoder(*self.network(images))
 
 
 def _square(size) -> tuple[int, int]:

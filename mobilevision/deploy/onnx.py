@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .graph import deployable, metadata_of
 
 __all__ = ["METADATA_KEY", "OnnxModel", "append_nms", "export_onnx", "read_metadata"]
 
@@ -173,6 +172,8 @@ def export_onnx(task: nn.Module, output: str | os.PathLike, *, ckpt: dict[str, A
     dynamic = batch == "dynamic"
     if not dynamic and (not str(batch).isdigit() or int(batch) < 1):
         raise UserError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
+    from .graph import deployable, metadata_of
+
     meta = metadata_of(task, ckpt)
     if nms and meta["task"] != "detection":
         raise UserError(f"nms is for detection models; this checkpoint is {meta['task']}")

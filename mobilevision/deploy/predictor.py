@@ -10,61 +10,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..detection.postprocess import scale_boxes, select_detections
 from ..errors import UserError
-from ..data.classification import classification_eval_transforms
-from ..data.segmentation import segmentation_eval_transforms
-from ..data.transforms import IMAGENET_MEAN, mean_fill, square_resize
-from ..detection.postprocess import select_detections
-from ..evaluation.coco import scale_boxes
-from ..tasks.geolocalization import locations_from_logits
-from .graph import deployable, load_any_task, metadata_of
+from ..geo.distance import locations_from_logits
 from .formats import FORMATS, load_exported
+from .preprocess import letterbox, letterbox_shape, resize_for
 
 __all__ = ["Predictor", "letterbox", "letterbox_shape", "resize_for"]
-
-
-def letterbox_shape(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
-    """(height, width) of an image resized to fit ``size`` (H, W) with its aspect ratio kept."""
-    scale = min(size[0] / height, size[1] / width)
-    return min(size[0], max(1, round(height * scale))), min(size[1], max(1, round(width * scale)))
-
-
-def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 HxWx3 resized to fit ``size`` (aspect kept, bilinear; area when shrinking) and padded bottom / right
-    to ``size`` with the ImageNet mean (zero after normalization)."""
-    import cv2
-
-    h, w = image.shape[:2]
-    nh, nw = letterbox_shape(h, w, size)
-    if (nh, nw) != (h, w):
-        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR)
-    out = np.empty((size[0], size[1], 3), np.uint8)
-    out[...] = mean_fill(IMAGENET_MEAN)
-    out[:nh, :nw] = image
-    return out
-
-
-def resize_for(meta: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
-    """The resize a model's metadata prescribes (its validation resize): RGB uint8 HxWx3 -> RGB uint8 at the
-    model's input size (segmentation with ``"short_side"``: the image's own aspect, any size)."""
-    h, w = meta["image_size"]
-    resize = meta["preprocess"]["resize"]
-    if resize == "square":  # the detection validation resize
-        square = square_resize(h, w)
-        return lambda image: square(image=image)["image"]
-    if resize == "short_side":  # segmentation, as it validates: any size
-        transform = segmentation_eval_transforms(meta["preprocess"].get("eval_size"), to_tensor=False)
-        return lambda image: transform(image)[0]
-    if resize == "longer_side_pad":  # segmentation files with a static input shape
-        return lambda image: letterbox(image, (h, w))
-    # short side + center crop, as classification validates
-    return classification_eval_transforms(h, meta["preprocess"]["resize_ratio"], to_tensor=False)
 
 
 class Predictor:
@@ -102,6 +60,8 @@ class Predictor:
             self.meta = self.exported.meta
             self.network = self.decoder = None
         else:
+            from .graph import deployable, load_any_task, metadata_of  # torch inference: the tasks and Lightning
+
             self.exported = None
             task, ckpt = load_any_task(path)
             self.meta = metadata_of(task, ckpt)

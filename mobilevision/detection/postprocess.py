@@ -110,3 +110,35 @@ def select_detections(
         keep = top_nms(boxes_k, top_scores, labels, nms_thresh, detections_per_img)
         results.append({"boxes": boxes_k[keep], "scores": top_scores[keep], "labels": labels[keep]})
     return results
+
+
+def scale_boxes(
+    boxes: torch.Tensor,
+    from_size: tuple[int, int] | Sequence[float],
+    to_size: tuple[int, int] | Sequence[float],
+    clip: bool = False,
+) -> torch.Tensor:
+    """Rescale xyxy ``boxes`` from an image of ``from_size=(h, w)`` to one of ``to_size=(h, w)``.
+
+    Typical use: a detector ran on a ``320x320`` resize of an image whose COCO entry is
+    ``height x width``; ``scale_boxes(boxes, (320, 320), (height, width))`` gives boxes in original
+    pixels, as :class:`COCOEvaluator` expects. Independent x/y factors, so this also undoes
+    aspect-ratio-changing resizes. It does not undo padding or cropping (subtract the offset first).
+    ``clip=True`` clamps the result to the target image.
+    """
+    fh, fw = float(from_size[0]), float(from_size[1])
+    th, tw = float(to_size[0]), float(to_size[1])
+    if fh <= 0 or fw <= 0 or th <= 0 or tw <= 0:
+        raise ValueError(f"sizes must be positive, got from_size={tuple(from_size)}, to_size={tuple(to_size)}")
+    if boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape [..., 4] (x1, y1, x2, y2), got {tuple(boxes.shape)}")
+    if not boxes.is_floating_point():
+        boxes = boxes.float()
+    factors = boxes.new_tensor([tw / fw, th / fh, tw / fw, th / fh])
+    out = boxes * factors
+    if clip:
+        out = torch.stack(
+            [out[..., 0].clamp(0, tw), out[..., 1].clamp(0, th), out[..., 2].clamp(0, tw), out[..., 3].clamp(0, th)],
+            dim=-1,
+        )
+    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["EARTH_RADIUS_KM", "haversine_km", "pairwise_haversine_km", "spherical_mean", "to_unit_vectors",
+__all__ = ["EARTH_RADIUS_KM", "haversine_km", "locations_from_logits", "pairwise_haversine_km", "spherical_mean", "to_unit_vectors",
            "from_unit_vectors"]
 
 #: IUGG mean Earth radius R1 in km (the radius geopy's ``great_circle`` uses by default).
@@ -64,3 +64,18 @@ def spherical_mean(lat, lon, weights=None, dim: int = -1) -> tuple[torch.Tensor,
         v = v * _as_float64(weights).unsqueeze(-1)
     s = v.sum(dim=dim - 1 if dim < 0 else dim)
     return from_unit_vectors(s)
+
+
+def locations_from_logits(logits: torch.Tensor, locations: torch.Tensor, predict: str = "argmax",
+                          top_k: int = 5) -> torch.Tensor:
+    """Predicted (latitude, longitude) [B, 2] float64 from cell logits [B, C] and the cells' locations [C, 2]:
+    the best cell's location (``argmax``), or the probability-weighted mean direction of the ``top_k`` best
+    cells (``topk``)."""
+    locations = locations.double()
+    if predict == "argmax":
+        return locations[logits.argmax(dim=1)]
+    probs = logits.float().softmax(dim=1)
+    p, idx = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    v = (to_unit_vectors(locations[idx, 0], locations[idx, 1]) * p.double().unsqueeze(-1)).sum(1)
+    lat, lon = from_unit_vectors(v)
+    return torch.stack([lat, lon], dim=1)

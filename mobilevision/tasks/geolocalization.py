@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..evaluation.geolocalization import GEO_THRESHOLDS_KM, GeoAccuracy
 from ..geo.cells import CellPartition
-from ..geo.distance import from_unit_vectors, to_unit_vectors
+from ..geo.distance import locations_from_logits
 from ._backbone import BackboneTask
 from ._optim import OptimizerName
 from .checkpoint import check_finite_loss
@@ -22,20 +22,6 @@ PredictMode = Literal["argmax", "topk"]
 CellLocationMode = Literal["center", "mean"]
 
 
-
-def locations_from_logits(logits: torch.Tensor, locations: torch.Tensor, predict: str = "argmax",
-                          top_k: int = 5) -> torch.Tensor:
-    """Predicted (latitude, longitude) [B, 2] float64 from cell logits [B, C] and the cells' locations [C, 2]:
-    the best cell's location (``argmax``), or the probability-weighted mean direction of the ``top_k`` best
-    cells (``topk``)."""
-    locations = locations.double()
-    if predict == "argmax":
-        return locations[logits.argmax(dim=1)]
-    probs = logits.float().softmax(dim=1)
-    p, idx = probs.topk(min(top_k, probs.shape[1]), dim=1)
-    v = (to_unit_vectors(locations[idx, 0], locations[idx, 1]) * p.double().unsqueeze(-1)).sum(1)
-    lat, lon = from_unit_vectors(v)
-    return torch.stack([lat, lon], dim=1)
 
 class GeolocalizationTask(BackboneTask):
     """Classify photos into the cells of a :class:`~mobilevision.geo.CellPartition` and predict coordinates.
