@@ -35,8 +35,9 @@ demo: install
 	$(VENV)/bin/mobilevision eval coco --annotations "$(SHAPES)/instances_val.json" \
 	    --results outputs/demo/predict_pte/predictions.json --json-out outputs/demo/metrics_pte.json
 
+# One pytest worker per CPU core (pytest-xdist), each test file on one worker (its module fixtures built once).
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 benchmark: install
 	$(VENV)/bin/mobilevision benchmark --out outputs/benchmark

@@ -228,6 +228,33 @@ def test_int8_keeps_the_trained_accuracy(trained_classifier, fmt, tmp_path, caps
         assert not torch.equal(a, b)
 
 
+def test_quantization_aware_training_writes_ptq_and_qat_files(trained_classifier, tmp_path, capsys):
+    """``export --int8 --qat-steps N``: the post-training file and the fine-tuned one side by side, both scored; the
+    fine-tuning runs through the fake quantization (its distillation loss falls over the steps) and its file keeps
+    the float32 top-1 within the classification target, counted here against the folder labels."""
+    ckpt, root = trained_classifier
+    out = tmp_path / "m.pte"
+    rc = export_main(["--checkpoint", str(ckpt), "--output", str(out), "--int8", "--calibration", str(root / "train"),
+                      "--calibration-size", "64", "--qat-steps", "60", "--qat-lr", "1e-4", "--batch-size", "16"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.out + captured.err
+    ptq, fp32 = tmp_path / "m_ptq.pte", tmp_path / "m_fp32.pte"
+    assert read_exported_metadata(out)["quantization"] == "qat"
+    assert read_exported_metadata(ptq)["quantization"] == "ptq" and read_exported_metadata(ptq)["int8"]
+    first, last = map(float, re.search(r"distillation loss ([\d.e-]+) \(first tenth of the steps\) -> ([\d.e-]+)",
+                                       captured.out).groups())
+    assert last < first, (first, last)
+    assert re.search(r"int8 PTQ\s.*\d", captured.out) and re.search(r"int8 QAT\s.*\d", captured.out)
+    acc_fp32, acc_qat = top1(fp32, root), top1(out, root)
+    assert abs(acc_qat - acc_fp32) <= 0.01 + 1e-9, (acc_fp32, acc_qat)
+    assert len(out.read_bytes()) < 0.5 * fp32.stat().st_size  # int8 weights
+    assert export_main(["--checkpoint", str(ckpt), "--output", str(tmp_path / "x.onnx"), "--int8", "--calibration",
+                        str(root / "train"), "--qat-steps", "5"]) == 2
+    assert "--qat-steps is available for ExecuTorch files" in capsys.readouterr().err
+    assert export_main(["--checkpoint", str(ckpt), "--output", str(tmp_path / "y.pte"), "--qat-steps", "5"]) == 2
+    assert "add --int8 --calibration DIR" in capsys.readouterr().err
+
+
 # -- the command, every format ----------------------------------------------------------------------------------
 def test_export_command_every_format_and_fixed_batch(trained_classifier, tmp_path, capsys):
     ckpt, root = trained_classifier

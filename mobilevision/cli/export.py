@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-seed", type=int, default=0, help="with --int8: the seed of that sample")
     p.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="with --int8, ONNX: ONNX Runtime's calibration method (ExecuTorch: the XNNPACK quantizer's "
-                        "min-max observers)")
+                        "observers: histogram for activations, min-max for weights)")
     p.add_argument("--reduce-range", action="store_true",
                    help="with --int8, ONNX: 7-bit weights, for x86 CPUs without VNNI (AVX2 only), where 8-bit can "
                         "saturate")

@@ -30,7 +30,7 @@ RUNTIME_MODELS = {"mobilenet_v2": "MobileNetV2", "mobileone_s0": "MobileOne-S0 (
 ONNX_RUNS = ("ort", "int8", "ref_ort")
 #: CPU flags of the int8 dot-product instructions ONNX Runtime's int8 kernels use when present
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-#: the issue's aims: ORT float32 / torch eager, and our ORT / the reference's ORT
+#: targets the report checks: ORT float32 / torch eager, and ours / the reference in the same runtime
 AIM_ORT_VS_EAGER, AIM_OURS_VS_REF = 0.4, 1.05
 
 
