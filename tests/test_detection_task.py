@@ -75,7 +75,7 @@ def _train_tiny(paths: dict, root: Path, steps: int = 30) -> tuple[pl.Trainer, D
 @pytest.fixture(scope="module")
 def trained(tiny_shapes, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
-    trainer, task, dm = _train_tiny(tiny_shapes, root)
+    trainer, task, dm = _train_tiny(tiny_shapes, root, steps=60)
     ckpt = root / "tiny.ckpt"
     trainer.save_checkpoint(ckpt)
     return task, dm, ckpt

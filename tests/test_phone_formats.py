@@ -150,6 +150,47 @@ def test_coreml_package_has_the_spec_an_app_expects(kind, tmp_path):
         Predictor(path)
 
 
+def test_coreml_detector_as_vision_pipeline(tmp_path):
+    """``--nms`` for Core ML: the pipeline Vision runs as an object detector: the ML Program's float32 scores and
+    centre-size boxes as fractions of the image (computed here by the same head under torch and checked against
+    torchvision's box conversion of the decoder's boxes), then Core ML's class-wise NMS model with the class names
+    as labels, the checkpoint's thresholds as defaults and optional threshold inputs."""
+    from torchvision.ops import box_convert
+
+    from mobilevision.deploy.coreml import _CoreMLHead, check_coreml
+    from mobilevision.deploy.graph import deployable
+
+    task = tiny_task("detection")
+    path = export_model(task, tmp_path / "det.mlpackage", "coreml", nms=True)
+    spec = coreml_spec(path)
+    assert spec.WhichOneof("Type") == "pipeline"
+    assert [m.WhichOneof("Type") for m in spec.pipeline.models] == ["mlProgram", "nonMaximumSuppression"]
+    nms = spec.pipeline.models[1].nonMaximumSuppression
+    assert list(nms.stringClassLabels.vector) == ["cat", "dog", "eel"] and nms.pickTop.perClass
+    assert nms.iouThreshold == pytest.approx(task.model.nms_thresh)
+    assert nms.confidenceThreshold == pytest.approx(task.model.score_thresh)
+    assert [i.name for i in spec.description.input] == ["image", "iouThreshold", "confidenceThreshold"]
+    assert [o.name for o in spec.description.output] == ["confidence", "coordinates"]
+    raw = [o for o in spec.pipeline.models[0].description.output]
+    assert [o.name for o in raw] == ["raw_confidence", "raw_coordinates"]
+    assert all(o.type.multiArrayType.dataType == 65568 for o in raw)  # FLOAT32, as the NMS model takes
+    summary = check_coreml(path)
+    assert summary["outputs"] == {"confidence": [-1, 3], "coordinates": [-1, 4]}
+    assert read_exported_metadata(path)["nms"] is True
+    network, decoder = deployable(task)
+    x = images(1, 3)
+    with torch.no_grad():
+        scores, coordinates = _CoreMLHead(network, decoder, softmax=False, vision=True)(x)
+        boxes, want_scores = decoder(*network(x))
+    want = box_convert(boxes[0], "xyxy", "cxcywh") / torch.tensor([SIZE, SIZE, SIZE, SIZE])
+    torch.testing.assert_close(coordinates, want)
+    torch.testing.assert_close(scores, want_scores[0])
+    with pytest.raises(ValueError, match="one image"):
+        export_model(task, tmp_path / "b2.mlpackage", "coreml", nms=True, batch=2)
+    with pytest.raises(ValueError, match="nms is for detection"):
+        export_model(tiny_task("classification"), tmp_path / "c.mlpackage", "coreml", nms=True)
+
+
 # -- int8 on a trained model ---------------------------------------------------------------------------------------
 PATTERNS = ("horizontal", "vertical", "diagonal", "checker")
 

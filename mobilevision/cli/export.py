@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a fixed batch size, or 'dynamic' (ONNX only; its default). ExecuTorch and Core ML files "
                         "have a static batch, default 1")
     p.add_argument("--nms", action="store_true",
-                   help="detection: class-wise NMS inside the graph; outputs detections [B, max_det, 6] "
-                        "(x1, y1, x2, y2, score, label) and num_detections [B]")
+                   help="detection: NMS inside the model. ONNX: class-wise NMS in the graph, outputs detections "
+                        "[B, max_det, 6] (x1, y1, x2, y2, score, label) and num_detections [B]; Core ML: the pipeline "
+                        "Vision runs as an object detector (Core ML NMS; confidence [N, C], coordinates [N, 4])")
     p.add_argument("--int8", action="store_true", help="int8 static quantization (QDQ, per-channel weights)")
     p.add_argument("--calibration", type=Path, help="with --int8: folder of representative images")
     p.add_argument("--calibration-size", type=int, default=256,

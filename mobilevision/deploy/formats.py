@@ -75,9 +75,9 @@ def export_model(task: nn.Module, output: str | os.PathLike, fmt: str, *, ckpt: 
     if options.get("qat_steps") and not spec.qat:
         raise UserError(f"quantization-aware training (--qat-steps) is available for "
                         f"{', '.join(n for n, f in FORMATS.items() if f.qat)} files, not {fmt}")
-    if nms and fmt != "onnx":
-        raise UserError(f"--nms (NMS inside the graph) is written for ONNX files; a {fmt} file gives boxes and scores "
-                        "and the app (or `mobilevision predict`) selects detections")
+    if nms and fmt == "executorch":
+        raise UserError("--nms (NMS inside the model) is for ONNX files and the Core ML Vision pipeline; an ExecuTorch "
+                        "file gives boxes and scores and the app (or `mobilevision predict`) selects detections")
     if fmt == "onnx":
         from .onnx import export_onnx
         from .quantize import quantize_int8
@@ -96,7 +96,7 @@ def export_model(task: nn.Module, output: str | os.PathLike, fmt: str, *, ckpt: 
                                  **options)
     from .coreml import export_coreml
 
-    return export_coreml(task, output, ckpt=ckpt, batch=1 if batch is None else batch)
+    return export_coreml(task, output, ckpt=ckpt, batch=1 if batch is None else batch, nms=nms)
 
 
 def load_exported(path: str | os.PathLike, threads: int | None = None, providers=None):
