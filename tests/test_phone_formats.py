@@ -373,3 +373,13 @@ def test_running_exported_files_loads_no_training_stack(tmp_path):
     assert "segmentation.onnx ['fractions', 'mask']" in lines
     assert "geolocalization.onnx ['cell', 'cell_token', 'latitude', 'longitude', 'prob']" in lines
     assert lines[-1] == "loaded: []"
+
+
+def test_one_adapter_per_task():
+    """Every task the checkpoints can hold has its adapter; a file of an unknown task is a clear error."""
+    from mobilevision.deploy.adapters import ADAPTERS, adapter_for
+    from mobilevision.deploy.graph import TASK_CLASSES
+
+    assert set(ADAPTERS) == set(TASK_CLASSES)
+    with pytest.raises(ValueError, match="unknown task 'pose' in the model's metadata; tasks: detection"):
+        adapter_for({"task": "pose", "image_size": [8, 8]})

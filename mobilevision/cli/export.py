@@ -127,22 +127,13 @@ def _check_parity(predictor, exported, nms: bool) -> str:
     return f"{exported.runtime} vs torch on {len(inputs) + 2} random inputs: " + ", ".join(parts)
 
 
-def _headline(kind: str, stats: dict) -> dict[str, float]:
-    if kind == "classification":
-        return {"top1": stats["acc1"], "top5": stats["acc5"]}
-    if kind == "detection":
-        return {"AP": stats["AP"], "AP50": stats["AP50"]}
-    if kind == "segmentation":
-        return {"mIoU": stats["miou"], "pixel_acc": stats["pixel_acc"]}
-    return {"acc_750km": stats["acc_750km"], "acc_2500km": stats["acc_2500km"], "median_km": stats["median_km"]}
-
-
 def _compare_int8(task, ckpt, files: dict[str, Path], args) -> list[dict]:
     """Score and time the float32 and int8 files (``{row name: file}``); print and return one row each."""
     from rich.console import Console
     from rich.table import Table
 
     from ..deploy import Predictor, task_kind
+    from ..deploy.adapters import ADAPTERS
     from ..deploy.evaluate import datamodule_of, evaluate_predictor, latency_ms
     from ..deploy.formats import load_exported
 
@@ -159,7 +150,7 @@ def _compare_int8(task, ckpt, files: dict[str, Path], args) -> list[dict]:
         row = {"model": name, "latency_ms": median, "latency_p90_ms": p90, "size_mb": path.stat().st_size / 1e6}
         if dm is not None:
             t = time.perf_counter()
-            row.update(_headline(task_kind(task), evaluate_predictor(Predictor(path), dm, args.eval_batches)))
+            row.update(ADAPTERS[task_kind(task)].headline(evaluate_predictor(Predictor(path), dm, args.eval_batches)))
             console.print(f"scored {name} on the validation split in {time.perf_counter() - t:.0f} s", markup=False)
         rows.append(row)
     int8_path = files[list(files)[-1]]

@@ -28,28 +28,13 @@ def checkpoint_data_args(ckpt: dict[str, Any], batch_size: int, num_workers: int
 
 def datamodule_of(task, ckpt: dict[str, Any], batch_size: int = 32) -> LightningDataModule:
     """The validation data a checkpoint was trained with (its ``datamodule_hyper_parameters``), set up."""
-    from ..data.classification import ClassificationDataModule
-    from ..data.detection_datamodule import CocoDetectionDataModule
-    from ..data.geolocalization import GeolocalizationDataModule
-    from ..data.segmentation import SegmentationDataModule
+    from .adapters import ADAPTERS
     from .graph import task_kind
 
     if not ckpt.get("datamodule_hyper_parameters"):
         raise UserError("the checkpoint records no data module (trained outside `mobilevision train`?): "
                          "no validation data to measure accuracy on")
-    args = checkpoint_data_args(ckpt, batch_size, num_workers=0)
-    kind = task_kind(task)
-    if kind == "detection":
-        dm = CocoDetectionDataModule(**args)
-        if task.hparams.label_to_category_id:
-            dm.use_categories(list(task.hparams.label_to_category_id), task.hparams.category_names)
-    elif kind == "classification":
-        dm = ClassificationDataModule(**args)
-    elif kind == "segmentation":
-        dm = SegmentationDataModule(**args)
-    else:
-        dm = GeolocalizationDataModule(**args)
-        dm.use_partition(task.partition)
+    dm = ADAPTERS[task_kind(task)].datamodule(task, checkpoint_data_args(ckpt, batch_size, num_workers=0))
     dm.setup("validate")
     return dm
 
@@ -66,66 +51,17 @@ def evaluate_predictor(predictor: Predictor, dm: LightningDataModule, max_batche
     input) and score it: ``acc1`` / ``acc5`` (classification), the 12 COCO stats (detection, ``AP``,
     ``AP50``, ...), ``acc_{1,25,200,750,2500}km`` and ``median_km`` (geolocalization) or ``miou``, ``pixel_acc``, ...
     (segmentation: each image's mask resized, nearest, to its original labels' size)."""
-    from ..evaluation.classification import classification_metrics, summarize_metrics
-    from ..evaluation.coco import COCOEvaluator
-    from ..evaluation.geolocalization import GeoAccuracy
-    from ..evaluation.segmentation import segmentation_metrics, summarize_confusion
-
-    kind = predictor.kind
+    adapter = predictor.adapter
     loader = dm.val_dataloader()
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    if kind == "classification":
-        metrics = classification_metrics(len(predictor.meta["class_names"]))
-    elif kind == "geolocalization":
-        metrics = GeoAccuracy()
-    elif kind == "segmentation":
-        metrics = segmentation_metrics(len(predictor.meta["class_names"]), predictor.meta["ignore_index"])
-    else:
-        metrics = COCOEvaluator(dm.val_coco, label_to_category_id=list(dm.label_to_category_id))
+    metrics = adapter.metrics(dm)
     for i, batch in enumerate(loader):
         if i >= total:
             break
-        images = _unnormalize(batch[0])
-        if kind == "detection":
-            targets = batch[1]
-            sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
-            results = predictor.run(images, sizes)
-            metrics.update([{"image_id": int(t["image_id"]), "boxes": torch.as_tensor(r["boxes"]),
-                             "scores": torch.as_tensor(r["scores"]),
-                             "labels": torch.as_tensor(r["labels"])} for t, r in zip(targets, results)])
-        elif kind == "segmentation":
-            for image, t in zip(images, batch[1]):
-                h, w = (int(v) for v in t["input_size"])
-                if predictor.meta["preprocess"]["resize"] == "short_side":
-                    # the loader's input is what the predictor's preprocessing gives (the same transform): each
-                    # image's unpadded part, masks mapped to the original labels' size as validation maps them
-                    result = predictor.run(np.ascontiguousarray(image[None, :, :h, :w]), [tuple(t["mask"].shape)])[0]
-                else:  # a fixed-size file: the image as 8-bit RGB through its letterbox
-                    rgb = np.clip(np.rint(image[:, :h, :w].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
-                    result = predictor([rgb])[0]
-                mask = torch.from_numpy(result["mask"].astype(np.int64))
-                if tuple(mask.shape) != tuple(t["mask"].shape):
-                    mask = torch.nn.functional.interpolate(mask[None, None].float(), size=tuple(t["mask"].shape),
-                                                           mode="nearest")[0, 0].long()
-                metrics.update(mask[None], t["mask"][None])
-        elif kind == "classification":
-            results = predictor.run(images, [images.shape[-2:]] * len(images))
-            metrics.update(torch.from_numpy(np.stack([r["probs"] for r in results])), batch[1])
-        else:
-            results = predictor.run(images, [images.shape[-2:]] * len(images))
-            coords = batch[2]
-            metrics.update(torch.tensor([r["latitude"] for r in results], dtype=torch.float64),
-                           torch.tensor([r["longitude"] for r in results], dtype=torch.float64),
-                           coords[:, 0], coords[:, 1])
+        adapter.update(metrics, predictor, batch, _unnormalize(batch[0]))
         if progress is not None:
             progress(i + 1, total)
-    if kind == "classification":
-        return summarize_metrics(metrics.compute(), predictor.meta["class_names"])
-    if kind == "geolocalization":
-        return {k: float(v) for k, v in metrics.compute().items()}
-    if kind == "segmentation":
-        return summarize_confusion(metrics.compute(), predictor.meta["class_names"])
-    return metrics.compute()
+    return adapter.summarize(metrics)
 
 
 def latency_ms(model, runs: int = 30, warmup: int = 5) -> tuple[float, float]:

@@ -20,6 +20,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..detection import BoxCoder
 from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask, SegmentationTask
 from ..tasks.checkpoint import load_checkpoint, load_task
+from .adapters import ADAPTERS
 
 __all__ = ["DecodedNetwork", "DetectionDecoder", "NormalizedNetwork", "TASK_CLASSES", "deployable", "load_any_task", "metadata_of",
            "static_metadata", "task_kind"]
@@ -135,30 +136,7 @@ def metadata_of(task: nn.Module, ckpt: dict[str, Any] | None = None) -> dict[str
         "input": "float32 NCHW RGB in [0, 1]; normalization is inside the model",
         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
     }
-    if kind == "detection":
-        net = task.model
-        meta.update(
-            preprocess={"resize": "square"},
-            class_names=list(hp.category_names) if hp.category_names else [str(i) for i in range(hp.num_classes)],
-            label_to_category_id=list(hp.label_to_category_id) if hp.label_to_category_id else None,
-            outputs=["boxes", "scores"], score_thresh=float(net.score_thresh), nms_thresh=float(net.nms_thresh),
-            topk_candidates=int(net.topk_candidates), detections_per_img=int(net.detections_per_img))
-    elif kind == "segmentation":  # the validation protocol: any size, shorter side to eval_size (None: as it is)
-        eval_size = data_hp.get("eval_size")
-        meta.update(preprocess={"resize": "short_side", "eval_size": None if eval_size is None else int(eval_size)},
-                    input_size="dynamic", outputs=["logits"], ignore_index=int(hp.ignore_index),
-                    class_names=list(hp.class_names) if hp.class_names else [str(i) for i in range(hp.num_classes)])
-    else:
-        ratio = float(data_hp.get("resize_ratio", 0.875))
-        meta["preprocess"] = {"resize": "short_side_center_crop", "resize_ratio": ratio}
-        meta["outputs"] = ["logits"]
-    if kind == "classification":
-        meta["class_names"] = (list(hp.class_names) if hp.class_names
-                               else [str(i) for i in range(hp.num_classes)])
-    if kind == "geolocalization":
-        partition = task.partition
-        meta.update(cell_tokens=list(partition.tokens), cell_location=hp.cell_location,
-                    cell_locations=task.cell_locations().tolist(), predict=hp.predict, top_k=int(hp.top_k))
+    meta.update(ADAPTERS[kind].metadata(task, data_hp))
     return meta
 
 

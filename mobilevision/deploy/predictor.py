@@ -14,11 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..detection.postprocess import scale_boxes, select_detections
 from ..errors import UserError
-from ..geo.distance import locations_from_logits
+from .adapters import adapter_for
 from .formats import FORMATS, load_exported
 from .preprocess import letterbox, letterbox_shape, resize_for
 
@@ -72,9 +70,8 @@ class Predictor:
         self.image_size: tuple[int, int] = tuple(self.meta["image_size"])  # type: ignore[assignment]
         self.score_thresh = float(self.meta.get("score_thresh", 0.0) if score_thresh is None else score_thresh)
         self._transform = resize_for(self.meta)
-        self.names: list[str] = list(self.meta.get("class_names") or [])
-        self._locations = (torch.tensor(self.meta["cell_locations"], dtype=torch.float64)
-                           if self.kind == "geolocalization" else None)
+        self.adapter = adapter_for(self.meta)
+        self.names: list[str] = self.adapter.names
 
     def _onnx_providers(self) -> list | None:
         """ONNX Runtime's execution providers for ``self.device`` (None: CPU)."""
@@ -138,71 +135,5 @@ class Predictor:
 
     def run(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
         """Predictions for a preprocessed batch [B, 3, H, W] of images whose original sizes are ``sizes``
-        (``(height, width)`` each: detections and masks are mapped back to them)."""
-        out = self.outputs(batch)
-        if self.kind == "detection":
-            return self._detections(out, sizes)
-        if self.kind == "classification":
-            return self._classes(out["logits"])
-        if self.kind == "segmentation":
-            return self._masks(out["logits"], sizes)
-        return self._locations_of(out["logits"])
-
-    # -- postprocessing -------------------------------------------------------------------------------
-    def _detections(self, out: dict[str, torch.Tensor], sizes) -> list[dict[str, Any]]:
-        m = self.meta
-        if "detections" in out:  # NMS inside the graph: fixed-size rows, the first num_detections valid
-            dets = []
-            for rows, n in zip(out["detections"], out["num_detections"]):
-                rows = rows[: int(n)]
-                rows = rows[rows[:, 4] > self.score_thresh]
-                dets.append({"boxes": rows[:, :4], "scores": rows[:, 4], "labels": rows[:, 5].round().long()})
-        else:
-            dets = select_detections(out["boxes"], out["scores"], self.score_thresh, m["topk_candidates"],
-                                     m["nms_thresh"], m["detections_per_img"])
-        lut = m.get("label_to_category_id")
-        results = []
-        for det, (h, w) in zip(dets, sizes):
-            labels = det["labels"].numpy()
-            results.append({
-                "boxes": scale_boxes(det["boxes"], self.image_size, (h, w), clip=True).numpy(),
-                "scores": det["scores"].numpy(), "labels": labels,
-                "category_ids": np.asarray([lut[i] for i in labels] if lut else labels, dtype=np.int64),
-                "names": [self._name(i) for i in labels]})
-        return results
-
-    def _name(self, label: int) -> str:
-        return self.names[int(label)] if int(label) < len(self.names) else str(int(label))
-
-    def _classes(self, logits: torch.Tensor) -> list[dict[str, Any]]:
-        probs = logits.float().softmax(dim=1)
-        k = min(5, probs.shape[1])
-        top_p, top_i = probs.topk(k, dim=1)
-        results = []
-        for p, ps, idx in zip(probs, top_p, top_i):
-            top = [(int(i), self._name(i), float(s)) for i, s in zip(idx, ps)]
-            results.append({"probs": p.numpy(), "label": top[0][0], "name": top[0][1], "score": top[0][2],
-                            "top5": top})
-        return results
-
-    def _masks(self, logits: torch.Tensor, sizes) -> list[dict[str, Any]]:
-        results = []
-        dtype = np.uint8 if logits.shape[1] <= 256 else np.int64
-        padded = self.meta["preprocess"]["resize"] == "longer_side_pad"
-        for scores, (h, w) in zip(logits, sizes):
-            nh, nw = letterbox_shape(h, w, self.image_size) if padded else scores.shape[-2:]
-            scores = scores[:, :nh, :nw].float()
-            if (nh, nw) != (h, w):
-                scores = F.interpolate(scores[None], size=(int(h), int(w)), mode="bilinear", align_corners=False)[0]
-            mask = scores.argmax(dim=0).numpy().astype(dtype)
-            counts = np.bincount(mask.ravel(), minlength=scores.shape[0]) / mask.size
-            results.append({"mask": mask, "fractions": {self._name(i): float(f) for i, f in enumerate(counts) if f}})
-        return results
-
-    def _locations_of(self, logits: torch.Tensor) -> list[dict[str, Any]]:
-        m = self.meta
-        pred = locations_from_logits(logits, self._locations, m["predict"], m["top_k"])
-        prob, cell = logits.float().softmax(dim=1).max(dim=1)
-        tokens = m["cell_tokens"]
-        return [{"latitude": float(lat), "longitude": float(lon), "cell": int(c), "cell_token": tokens[int(c)],
-                 "prob": float(p)} for (lat, lon), c, p in zip(pred.tolist(), cell, prob)]
+        (``(height, width)`` each: detections and masks are mapped back to them), by the task's adapter."""
+        return self.adapter.results(self.outputs(batch), sizes, self.score_thresh)
