@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Shim for ``mobilevision benchmark`` (mobilevision/cli/benchmark.py); kept for old scripts."""
+"""Shim for ``mobilevision benchmark`` (mobilevision/cli/benchmark/); kept for old scripts."""
 
 import sys
 

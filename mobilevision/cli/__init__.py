@@ -3,9 +3,10 @@
     mobilevision train      --task ssdlite|classification|geolocalization|segmentation
                             [--backbone B[@WIDTH]] [LightningCLI arguments]                     (cli/train.py)
     mobilevision eval       coco|classification|geolocalization|segmentation ...              (cli/eval.py)
-    mobilevision predict    --model CKPT_OR_ONNX --source PATH [PATH ...] --output DIR       (cli/predict.py)
-    mobilevision export     --checkpoint CKPT --output model.onnx [--nms] [--int8 ...]       (cli/export.py)
-    mobilevision benchmark  [--quick] [--sections ...]                                      (cli/benchmark.py)
+    mobilevision predict    --model CKPT|ONNX|PTE --source PATH [PATH ...] --output DIR      (cli/predict.py)
+    mobilevision export     --checkpoint CKPT --output model.onnx|.pte|.mlpackage [--nms]
+                            [--int8 --calibration DIR [--qat-steps N]]                      (cli/export.py)
+    mobilevision benchmark  [--quick] [--sections ...]                                      (cli/benchmark/)
     mobilevision select     --task classification|ssdlite --latency-ms B [--runtime ...]     (cli/select.py)
 
 ``mobilevision SUBCOMMAND --help`` describes each. Each module has ``main(argv)``; importing this package loads
