@@ -26,8 +26,8 @@ SUBCOMMANDS = {
     "train": ("train", "train / validate / test a task: --task ssdlite (detection), classification, "
                        "geolocalization or segmentation, on any --backbone (LightningCLI)"),
     "eval": ("eval", "score a checkpoint or a predictions file: COCO mAP, top-1/top-5, km accuracy, mIoU"),
-    "predict": ("predict", "run a checkpoint or an ONNX file on images, folders, globs and videos"),
-    "export": ("export", "export a checkpoint to ONNX (optionally int8), checked against ONNX Runtime"),
+    "predict": ("predict", "run a checkpoint, an ONNX or an ExecuTorch file on images, folders, globs and videos"),
+    "export": ("export", "export a checkpoint to ONNX, ExecuTorch or Core ML (int8, QAT), checked against its runtime"),
     "benchmark": ("benchmark", "params, MAdds and latency of the backbones, detectors and runtimes"),
     "select": ("select", "the most accurate network within a latency budget, measured on this machine"),
 }
