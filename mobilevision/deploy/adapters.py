@@ -10,6 +10,7 @@ task, data and evaluation modules when called.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ __all__ = ["ADAPTERS", "ClassificationAdapter", "DetectionAdapter", "Geolocaliza
            "SegmentationAdapter", "TaskAdapter", "adapter_for"]
 
 
-class TaskAdapter:
+class TaskAdapter(ABC):
     """The deployment side of one task. ``meta``: the model's metadata (:func:`~mobilevision.deploy.metadata_of`)."""
 
     kind = ""
@@ -39,37 +40,44 @@ class TaskAdapter:
 
     # -- the model file -------------------------------------------------------------------------------------------
     @staticmethod
+    @abstractmethod
     def metadata(task, data_hp: dict[str, Any]) -> dict[str, Any]:
         """The task's part of the metadata (preprocessing, outputs, classes, ...)."""
-        raise NotImplementedError
+        ...
 
     # -- prediction -----------------------------------------------------------------------------------------------
+    @abstractmethod
     def results(self, outputs: dict[str, torch.Tensor], sizes: Sequence[tuple[int, int]],
                 score_thresh: float) -> list[dict[str, Any]]:
         """One result dict per image of a batch (``outputs``: the model's named outputs; ``sizes``: each image's
         original (height, width))."""
-        raise NotImplementedError
+        ...
 
     # -- scoring on the validation data ---------------------------------------------------------------------------
     @staticmethod
+    @abstractmethod
     def datamodule(task, args: dict[str, Any]):
         """The task's data module built from a checkpoint's data arguments (not set up)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def metrics(self, dm):
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def update(self, metrics, predictor, batch, images: np.ndarray) -> None:
         """Predict one validation batch (``images``: the loader's images back in [0, 1]) and update ``metrics``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def summarize(self, metrics) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
     @staticmethod
+    @abstractmethod
     def headline(stats: dict[str, Any]) -> dict[str, float]:
         """The figures a command prints for a scored model."""
-        raise NotImplementedError
+        ...
 
 
 class DetectionAdapter(TaskAdapter):
