@@ -4,13 +4,14 @@ path), taught by the float network itself.
 The float network (normalization inside, MobileOne folded) is captured with ``torch.export`` at a dynamic batch, its
 batch norms are folded into the convolutions with their running statistics, and ``prepare_qat_pt2e`` puts fake
 quantization on the weights (per-channel symmetric int8) and activations (int8) exactly where the post-training
-quantizer would put observers. The fake-quantized copy then learns for ``steps`` optimizer steps to give the float
-network's outputs on the user's images (the calibration sample, flipped at random): a cross-entropy to the float
+quantizer puts observers, with the post-training observers (histogram for activations, min-max for weights). A
+calibration pass with fake quantization off gives the post-training ranges; the activation ranges are then frozen
+(the weights' follow the weights) and the fake-quantized copy learns for ``steps`` optimizer steps to give the float
+network's outputs on the user's images (the calibration sample, flipped at random): the KL divergence to the float
 class probabilities (classification and geolocalization logits, every pixel of segmentation, every default box of
 detection) plus, for detection, a smooth-L1 to the float box offsets. The teacher's outputs are the labels, so QAT
-needs no annotations and works the same for every task; the observers keep adjusting the ranges for the first half
-of the steps and are frozen for the second. ``convert_pt2e`` then gives the int8 graph that the exporter lowers to
-XNNPACK, as after calibration.
+needs no annotations and works the same for every task. ``convert_pt2e`` then gives the int8 graph that the
+exporter lowers to XNNPACK, as after calibration.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ __all__ = ["distillation_loss", "qat_pt2e"]
 
 def distillation_loss(student, teacher) -> torch.Tensor:
     """How far the fake-quantized network's outputs are from the float network's: for class logits ([B, C] or
-    [B, C, H, W]: the classes on dim 1; detection's ``cls_logits`` [B, A, C + 1]: on the last dim) the cross-entropy
-    to the teacher's probabilities minus the teacher's entropy (the KL divergence, 0 when they agree), averaged over
-    images, pixels and boxes; detection's box offsets add their smooth-L1 distance."""
+    [B, C, H, W]: the classes on dim 1; detection's ``cls_logits`` [B, A, C + 1]: on the last dim) the KL divergence
+    of the class probabilities (0 when they agree), averaged over images, pixels and boxes; detection's box offsets
+    add their smooth-L1 distance."""
     if isinstance(student, torch.Tensor):
         return _kl(student, teacher, dim=1)
     cls_s, box_s = student
