@@ -75,7 +75,7 @@ def _calibration_batches(meta: dict, folder: Path, count: int, batch_size: int, 
     import numpy as np
 
     from ..data.sources import sample_images
-    from ..deploy.predictor import resize_for
+    from ..deploy.preprocess import resize_for
 
     resize = resize_for(meta)
     batch = []
