@@ -99,7 +99,7 @@ def test_val_class_missing_from_train(tmp_path):
 
 
 def test_empty_class_folder(tmp_path):
-    root = _make_folder(tmp_path)
+    _make_folder(tmp_path)
     os.makedirs(tmp_path / "train" / "fox")
     (tmp_path / "train" / "fox" / "notes.txt").write_text("no images here")
     with pytest.raises(ValueError, match=r"fox.*contains no images"):

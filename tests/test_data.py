@@ -475,28 +475,6 @@ def test_datamodule_workers_and_custom_paths(tiny_shapes):
         CocoDetectionDataModule(train_images="x")
 
 
-def test_data_package_does_not_import_models_or_tasks():
-    import ast
-
-    import mobilevision.data
-
-    folder = os.path.dirname(mobilevision.data.__file__)
-    for name in os.listdir(folder):
-        if not name.endswith(".py"):
-            continue
-        tree = ast.parse(open(os.path.join(folder, name)).read())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                mods = [("." * node.level) + (node.module or "")]
-            elif isinstance(node, ast.Import):
-                mods = [a.name for a in node.names]
-            else:
-                continue
-            for m in mods:
-                absolute = "mobilevision" + m[1:] if m.startswith("..") else m
-                assert not absolute.startswith(("mobilevision.models", "mobilevision.tasks")), (name, m)
-
-
 def test_detection_prediction_folder_recurses_and_leaves_hidden_files_out(tmp_path):
     """The detection data module's predict folder is walked like every other folder of the project: recursively,
     sorted, hidden files (a macOS ``._x.jpg``) and folders left out."""

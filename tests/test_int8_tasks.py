@@ -18,7 +18,7 @@ from mobilevision.cli.eval import main as eval_main
 from mobilevision.cli.export import main as export_main
 from mobilevision.cli.predict import main as predict_main
 from mobilevision.data import CocoDetectionDataModule, SegmentationDataModule
-from mobilevision.data.image_io import save_index_mask
+from mobilevision.masks import save_index_mask
 from mobilevision.tasks import DetectionTask, SegmentationTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")

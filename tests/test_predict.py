@@ -23,7 +23,7 @@ from mobilevision.deploy.formats import export_model
 from mobilevision.detection.postprocess import select_detections
 from mobilevision.evaluation.geolocalization import read_locations_csv
 from mobilevision.geo import build_partition, load_cities
-from mobilevision.evaluation.segmentation import read_index_mask
+from mobilevision.masks import read_index_mask
 from mobilevision.tasks import ClassificationTask, DetectionTask, GeolocalizationTask, SegmentationTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")

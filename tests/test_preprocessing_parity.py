@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from mobilevision.data import ClassificationDataModule, CocoDetectionDataModule, IMAGENET_MEAN, IMAGENET_STD
-from mobilevision.data.image_io import load_rgb_image, save_index_mask
+from mobilevision.data.image_io import load_rgb_image
+from mobilevision.masks import save_index_mask
 from mobilevision.data.segmentation import SegmentationDataModule
 from mobilevision.deploy import Predictor
 from mobilevision.tasks import ClassificationTask, DetectionTask, SegmentationTask

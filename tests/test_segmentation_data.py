@@ -27,9 +27,9 @@ from mobilevision.data import (
     segmentation_train_transforms,
 )
 from mobilevision.data import shapes as shapes_mod
-from mobilevision.data.image_io import voc_colormap
+from mobilevision.masks import voc_colormap
 from mobilevision.data.segmentation import pair_by_stem
-from mobilevision.evaluation.segmentation import read_index_mask
+from mobilevision.masks import read_index_mask
 
 SHAPES = {"num_train": 24, "num_val": 6, "image_size": 96, "seed": 0}
 RGB = {0: (0, 0, 0), 1: (255, 0, 0), 2: (0, 200, 0)}

@@ -151,7 +151,7 @@ def test_eval_segmentation_errors_name_the_file(tmp_path, capsys):
 def test_mask_folders_are_walked_like_every_folder(tmp_path):
     """Hidden folders (``.git``) and files (macOS ``._x.png``) in a predictions folder are not masks; sub-folders
     are (the project's one folder walker)."""
-    from mobilevision.data.image_io import save_index_mask
+    from mobilevision.masks import save_index_mask
 
     gt, pred = tmp_path / "gt", tmp_path / "pred"
     mask = np.array([[0, 1], [1, 1]], np.uint8)

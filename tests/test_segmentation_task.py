@@ -17,9 +17,9 @@ from mobilevision.cli.export import main as export_main
 from mobilevision.cli.predict import main as predict_main
 from mobilevision.cli.train import CONFIG_DIR, expand_shortcuts, main
 from mobilevision.data import SegmentationDataModule
-from mobilevision.data.image_io import save_index_mask
+from mobilevision.masks import save_index_mask
 from mobilevision.deploy import Predictor
-from mobilevision.evaluation.segmentation import read_index_mask
+from mobilevision.masks import read_index_mask
 from mobilevision.tasks import SegmentationTask, load_task
 
 SEGMENTATION_CONFIGS = sorted((CONFIG_DIR / "segmentation").glob("*.yaml"))

@@ -305,7 +305,7 @@ class _SegmentationWriter(_CsvWriter):
     def add(self, item: Any, result: dict[str, Any]) -> None:
         from PIL import Image
 
-        from ..data.image_io import save_index_mask
+        from ..masks import save_index_mask
         from ..evaluation.visualize import overlay_mask
 
         overlay = overlay_mask(item.image, result["mask"], self.names)

@@ -57,7 +57,7 @@ Image.MAX_IMAGE_PIXELS = _max_image_pixels()
 
 __all__ = ["IMAGE_EXTENSIONS", "TRANSPOSING_ORIENTATIONS", "ImageDecodeError", "check_files_exist",
            "check_image_headers", "is_hidden", "is_image_file", "load_rgb_image", "missing_files", "read_image_header",
-           "read_image_size", "save_index_mask", "voc_colormap", "walk_files", "walk_image_files"]
+           "read_image_size", "walk_files", "walk_image_files"]
 
 #: File extensions treated as images (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif")
@@ -223,32 +223,3 @@ def check_files_exist(files: Sequence[str], what: str) -> None:
     if missing:
         shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
         raise FileNotFoundError(f"{what}: {len(missing)} of {len(files)} image files not found: {shown}")
-
-
-def voc_colormap(n: int = 256) -> np.ndarray:
-    """PASCAL VOC's label colours [n, 3] uint8 (the bit-interleaving of the VOC devkit's ``labelcolormap.m``:
-    0 black, 1 (128, 0, 0), 2 (0, 128, 0), ..., 255 (224, 224, 192) for "void")."""
-    cmap = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        cmap[i] = (r, g, b)
-    return cmap
-
-
-def save_index_mask(mask: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a label map as a palette PNG with VOC's colours: viewers show colours, :func:`read_index_mask
-    <mobilevision.evaluation.segmentation.read_index_mask>` (and VOC tools) read the indices. Labels above 255 go to a
-    16-bit grayscale PNG instead."""
-    mask = np.asarray(mask)
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    if mask.size and (mask.max() > 255 or mask.min() < 0):
-        Image.fromarray(mask.astype(np.uint16)).save(path)
-        return
-    img = Image.fromarray(mask.astype(np.uint8), mode="P")
-    img.putpalette(voc_colormap().ravel().tolist())
-    img.save(path)

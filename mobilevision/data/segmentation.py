@@ -18,7 +18,7 @@ Batches (:func:`segmentation_collate`):
 
 Input handling: images are decoded by :func:`~mobilevision.data.image_io.load_rgb_image` (EXIF orientation
 applied; grayscale, palette, 16-bit converted to 8-bit RGB); masks are read as they are stored (no EXIF: annotation
-tools export them in the displayed orientation) by :func:`~mobilevision.evaluation.segmentation.read_index_mask`
+tools export them in the displayed orientation) by :func:`~mobilevision.masks.read_index_mask`
 (palette PNGs give their indices, grayscale PNGs their values) or, for colour masks, through a label map.  Before
 training, every sample is checked: missing images or masks and masks whose size (from the file headers) differs
 from their image's are errors naming the files (with a hint when the mask matches the image before its EXIF
@@ -43,7 +43,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from ..evaluation.segmentation import IGNORE_INDEX
+from ..masks import IGNORE_INDEX
 from ._datamodule import SplitDataModule
 from ._generated import embedded_root
 from .image_io import is_image_file, load_rgb_image

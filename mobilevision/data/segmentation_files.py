@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from ..evaluation.segmentation import IGNORE_INDEX, MASK_EXTENSIONS, read_index_mask
+from ..masks import IGNORE_INDEX, MASK_EXTENSIONS, read_index_mask
 from .image_io import TRANSPOSING_ORIENTATIONS, is_image_file, missing_files, read_image_header, walk_files
 
 __all__ = ["ADE20K_CLASSES", "CITYSCAPES_CLASSES", "SegmentationSamples", "VOC_CLASSES", "check_samples",

@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import UserError
 from ._generated import build_generated_dataset, embedded_root, folder_holds, manifest_matches
-from .image_io import save_index_mask
+from ..masks import save_index_mask
 
 __all__ = [
     "GENERATOR_VERSION",

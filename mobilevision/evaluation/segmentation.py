@@ -20,13 +20,12 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from ..errors import UserError
 from ..files import walk_files
+from ..masks import IGNORE_INDEX, MASK_EXTENSIONS, read_index_mask
 
-__all__ = ["IGNORE_INDEX", "SEGMENTATION_KEYS", "evaluate_mask_folders", "read_index_mask", "save_segmentation_json",
-           "segmentation_metrics", "summarize_confusion"]
+__all__ = ["SEGMENTATION_KEYS", "evaluate_mask_folders", "save_segmentation_json", "segmentation_metrics",
+           "summarize_confusion"]
 
-IGNORE_INDEX = 255
 SEGMENTATION_KEYS = ("miou", "pixel_acc", "mean_acc", "per_class_iou")
-MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 
 
 def segmentation_metrics(num_classes: int, ignore_index: int = IGNORE_INDEX) -> MulticlassConfusionMatrix:
@@ -64,23 +63,6 @@ def summarize_confusion(confmat: torch.Tensor | np.ndarray,
     return {"miou": mean(iou), "pixel_acc": float(tp.sum()) / total if total else float("nan"),
             "mean_acc": mean(acc), "per_class_iou": plain(iou), "per_class_acc": plain(acc),
             "num_pixels": int(total), "num_classes": n}
-
-
-def read_index_mask(path: str | os.PathLike) -> np.ndarray:
-    """A label mask as int64 [H, W]: a palette PNG's indices (VOC), or the values of a grayscale 8- / 16-bit image.
-    An RGB(A) image is an error (colours are not class indices), naming the file."""
-    from PIL import Image
-
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA"):
-                raise UserError(f"{path}: a {mode} image is not an index mask (expected a palette or grayscale "
-                                 "PNG whose pixel values are class indices)")
-            return np.asarray(img).astype(np.int64)
-    except (OSError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
-        raise UserError(f"cannot read mask {path}: {e}") from e
 
 
 def _masks(folder: Path, what: str) -> dict[str, Path]:

@@ -32,7 +32,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..backbones.efficientnet import PUBLISHED as EFFICIENTNET_PUBLISHED
 from .complexity import spearman
 
 __all__ = ["ACCURACY_FILE", "DETECTION_SIZES", "FAMILIES", "STATISTICS", "TASKS", "Accuracy", "Candidate",
@@ -82,12 +81,14 @@ class GridPoint:
 
 
 def _backbone_points() -> dict[str, list[tuple[str, float | None, int]]]:
-    """family -> [(backbone, width, ImageNet resolution)] of the classification grid."""
+    """family -> [(backbone, width, ImageNet resolution)] of the classification grid; EfficientNet at each variant's
+    own resolution, as the accuracy file lists it."""
+    own = {backbone: r for backbone, width, r in load_published_accuracy() if backbone.startswith("efficientnet_")}
     return {
         "mobilenet_v1": [("mobilenet_v1", w, r) for w in MOBILENET_V1_WIDTHS for r in MOBILENET_V1_RESOLUTIONS],
         "mobilenet_v2": [("mobilenet_v2", w, r) for w, r in MOBILENET_V2_POINTS],
         "mobileone": [(f"mobileone_{v}", None, 224) for v in MOBILEONE_VARIANTS],
-        "efficientnet": [(f"efficientnet_{v}", None, EFFICIENTNET_PUBLISHED[v][2]) for v in EFFICIENTNET_VARIANTS],
+        "efficientnet": [(f"efficientnet_{v}", None, own[f"efficientnet_{v}"]) for v in EFFICIENTNET_VARIANTS],
     }
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageColor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
-from ..data.image_io import voc_colormap
+from ..masks import voc_colormap
 
 __all__ = ["draw_boxes", "draw_detections", "overlay_mask", "save_image_grid", "save_location_map"]
 

@@ -8,7 +8,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..evaluation.segmentation import IGNORE_INDEX, segmentation_metrics, summarize_confusion
+from ..evaluation.segmentation import segmentation_metrics, summarize_confusion
+from ..masks import IGNORE_INDEX
 from ..models import SegmentationModel, multi_scale_probs
 from ..models.segmentation import HeadName
 from ._backbone import BackboneTask
