@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed
 # glibc malloc tunables: keep freed buffers instead of returning them to the OS (15-20% faster on CPU).
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo test docs benchmark clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,fast-coco,mobile]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,fast-coco,mobile,docs]"
 	touch $(STAMP)
 
 # The main job on the embedded default data: generate shapes (first run), train SSDLite-MobileNetV2 for a fixed
@@ -39,8 +39,12 @@ demo: install
 test: install
 	$(PY) -m pytest -q -n auto --dist loadfile tests
 
+# The documentation site (docs/ + the API pages from the docstrings) into site/; --strict: a broken link fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 benchmark: install
 	$(VENV)/bin/mobilevision benchmark --out outputs/benchmark
 
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) outputs site

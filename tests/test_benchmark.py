@@ -163,7 +163,7 @@ def test_torchvision_ssd_same_network_and_loss():
 
 def test_benchmark_runtimes_section(tmp_path):
     """MobileOne-S0 only, at 64 px (folded export, timm reference; ~15 s): the other rows differ only in the models
-    built (the full run of the section is in the README)."""
+    built (the full run of the section is on the results page of the documentation)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     sections = main(["--quick", "--sections", "runtimes", "--runtime-models", "mobileone_s0", "--runtime-size", "64",

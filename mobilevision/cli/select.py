@@ -440,7 +440,7 @@ def write_config(pick: Candidate, task: str, path: Path, header: Sequence[str]) 
               "dataset; its optimizer",
               "# settings were tuned for its own backbone). For your data, change the data section (see configs/), "
               "and start from",
-              "# ImageNet weights with model.init_args.backbone_weights (README: ImageNet weights).",
+              "# ImageNet weights with model.init_args.backbone_weights (docs/backbones.md: ImageNet weights).",
               "# Train: mobilevision train --config THIS_FILE"]
     path.write_text("\n".join(lines) + "\n" + text)
     return path

@@ -27,9 +27,9 @@ class GeolocalizationTask(BackboneTask):
     """Classify photos into the cells of a :class:`~mobilevision.geo.CellPartition` and predict coordinates.
 
     Args:
-        backbone, width, backbone_kwargs, backbone_weights, dropout, freeze_backbone, backbone_lr_scale,
-            optimizer, lr, momentum, weight_decay, warmup, min_lr_ratio, ema_decay, channels_last, eval_folded:
-            as in :class:`~mobilevision.tasks.ClassificationTask`.
+        backbone: with ``width``, ``backbone_kwargs``, ``backbone_weights``, ``dropout``, ``freeze_backbone``,
+            ``backbone_lr_scale``, ``optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``warmup``, ``min_lr_ratio``,
+            ``ema_decay``, ``channels_last`` and ``eval_folded``: as in :class:`~mobilevision.tasks.ClassificationTask`.
         partition: the cells (a :class:`CellPartition` or its ``to_state()``), linked from the data module by the
             CLI. It lives in the module's buffers (``cell_ids``, ``cell_centers``, ``cell_means``,
             ``cell_counts``), so every checkpoint carries it and prediction needs no training data. Optional when

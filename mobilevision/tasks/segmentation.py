@@ -34,9 +34,10 @@ class SegmentationTask(BackboneTask):
             stride 16, ASPP 6 / 12 / 18 + image pooling, 256 channels).
         num_classes, class_names, image_size: linked from the data module by the CLI (``image_size`` = the
             training crop) and kept in the checkpoint.
-        backbone_weights, freeze_backbone, backbone_lr_scale, optimizer, lr, momentum, weight_decay, warmup,
-            min_lr_ratio, ema_decay, channels_last, eval_folded: as :class:`~mobilevision.tasks.ClassificationTask`
-            (the ImageNet classifier's weights go into the backbone's blocks up to the tap).
+        backbone_weights: with ``freeze_backbone``, ``backbone_lr_scale``, ``optimizer``, ``lr``, ``momentum``,
+            ``weight_decay``, ``warmup``, ``min_lr_ratio``, ``ema_decay``, ``channels_last`` and ``eval_folded``: as in
+            :class:`~mobilevision.tasks.ClassificationTask` (the ImageNet classifier's weights go into the backbone's
+            blocks up to the tap).
         ignore_index: label left out of the loss and the metrics (255, VOC's "void").
         eval_scales, eval_flip: multi-scale (e.g. ``[0.5, 0.75, 1.0, 1.25, 1.5, 1.75]``) and left-right flip testing
             in validation / test / predict: softmax probabilities averaged (the papers' "MF"); the loss is the
