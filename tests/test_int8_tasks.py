@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytorch_lightning as pl
-import torch
 from PIL import Image
 
 from mobilevision.cli.eval import main as eval_main

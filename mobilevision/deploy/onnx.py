@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import UserError
 
-__all__ = ["METADATA_KEY", "OnnxModel", "append_nms", "export_onnx", "read_metadata"]
+__all__ = ["METADATA_KEY", "OnnxModel", "append_nms", "export_onnx", "ort_session", "read_metadata"]
 
 METADATA_KEY = "mobilevision"
 DEFAULT_OPSET = 18
@@ -220,6 +220,22 @@ def read_metadata(model) -> dict[str, Any]:
     return json.loads(props[METADATA_KEY])
 
 
+def ort_session(path: str | os.PathLike, threads: int | None = None, providers: Iterable[str] | None = None):
+    """The project's one way to open an ONNX file with ONNX Runtime: ``threads`` intra-op threads (default: ORT's
+    choice), no thread spinning (so ORT does not slow down other work, torch, in the same process between runs),
+    denormals as zero (as torch here: random-weight activations can otherwise hit x86's slow denormal path), quiet
+    logs, the CPU provider unless ``providers`` says otherwise. Any ONNX file, with or without mobilevision metadata."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(os.fspath(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+
+
 class OnnxModel:
     """An exported model under ONNX Runtime: ``model(images)`` -> ``{output name: array}``.
 
@@ -228,20 +244,11 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, providers: Iterable[str] | None = None):
-        import onnxruntime as ort
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model {path} does not exist")
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(os.fspath(path), options, providers=list(providers or
-                                                                                        ["CPUExecutionProvider"]))
+            self.session = ort_session(path, threads, providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise UserError(f"ONNX Runtime cannot load {path}: {e}") from e
         self.path = path

@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_madds", "count_params", "cpu_name", "latency_stats", "measure_latency", "measure_latency_interleaved",
+__all__ = ["count_madds", "count_params", "cpu_flags", "cpu_name", "latency_stats", "measure_latency", "measure_latency_interleaved",
            "spearman", "time_interleaved"]
 
 
@@ -208,12 +208,22 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), for stating where a latency was measured."""
+def _cpuinfo(key: str) -> str | None:
+    """The first ``key: value`` of ``/proc/cpuinfo`` (None where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(key):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "cpu"
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for stating where a latency was measured."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "cpu"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
+    return set((_cpuinfo("flags") or "").split())
