@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, first_few
 
 __all__ = ["read_coco"]
 
@@ -39,8 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 def _shown(items: list, limit: int = 10) -> str:
-    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(str(i) for i in items[:limit]) + more
+    return first_few(items, limit)
 
 
 def _int_id(value: Any, where: str) -> int:

@@ -12,7 +12,7 @@ nothing of mobilevision: every package may use it.
 
 from __future__ import annotations
 
-__all__ = ["ImageDecodeError", "UserError"]
+__all__ = ["ImageDecodeError", "UserError", "first_few"]
 
 
 class UserError(ValueError):
@@ -21,3 +21,12 @@ class UserError(ValueError):
 
 class ImageDecodeError(OSError):
     """An image (or video) file exists but cannot be decoded; the message names it."""
+
+
+def first_few(items, k: int = 5, sep: str = ", ", show=str) -> str:
+    """The first ``k`` of ``items`` for a message, and how many more: ``"a, b, c (and 12 more)"`` (with a line
+    separator, the count goes on a line of its own)."""
+    items = list(items)
+    if len(items) <= k:
+        return sep.join(show(i) for i in items)
+    return sep.join(show(i) for i in items[:k]) + (sep if "\n" in sep else " ") + f"(and {len(items) - k} more)"

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_few
 from . import report_errors
 
 __all__ = ["DEFAULT_SCORE_THRESH", "build_parser", "main"]
@@ -174,9 +174,8 @@ class _GroundTruthIds:
             else:
                 self.image_ids[f.name] = found
         if missing:
-            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
             raise UserError(f"--annotations {path}: {len(missing)} of {len(files)} images are not in the file "
-                             f"(matched by file name): {', '.join(missing[:5])}{more}")
+                             f"(matched by file name): {first_few(missing)}")
         categories = {c["name"]: c["id"] for c in data["categories"]}
         self.category_ids = {i: categories[n] for i, n in enumerate(class_names) if n in categories}
         if not self.category_ids:

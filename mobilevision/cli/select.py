@@ -63,14 +63,13 @@ import datetime
 import functools
 import math
 import os
-import platform
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import UserError
-from ..evaluation.complexity import cpu_name
+from ..deploy.candidates import RUNTIMES, prepare
+from ..evaluation.complexity import busy_cpus, busy_warning, device_description, device_slug
 from ..evaluation.latency_cache import LatencyCache, runtime_versions
 from ..evaluation.selection import (
     DETECTION_SIZES,
@@ -90,10 +89,6 @@ from ..evaluation.selection import (
 from . import report_errors
 from .select_report import ROW_HEADERS, budget_str, markdown_table, plot, row, write_csv
 
-RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8", "executorch", "executorch-int8")
-#: runtime -> the export format its files are (int8: calibrated on random images; latency does not depend on them)
-RUNTIME_FORMATS = {"onnxruntime": "onnx", "onnxruntime-int8": "onnx", "executorch": "executorch",
-                   "executorch-int8": "executorch"}
 ACCURACY_NOTE = ("Top-1 = published ImageNet-1k accuracy of the original checkpoints (source of every row in "
                  "mobilevision/evaluation/imagenet_accuracy.csv), not measured here; latencies are measured here "
                  "with random weights.")
@@ -172,43 +167,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # -- device, cache ----------------------------------------------------------------------------------
 
-def device_description() -> str:
-    return f"{cpu_name()} ({os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()})"
-
-
-def device_slug() -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu_name()}-{os.cpu_count()}cpu").strip("-")
-
-
-def busy_cpus(seconds: float = 0.5) -> float | None:
-    """How many CPUs other processes keep busy right now: the non-idle share of ``/proc/stat`` over ``seconds``
-    (this process sleeps meanwhile) times the number of CPUs; None where ``/proc/stat`` does not exist."""
-    def snapshot() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:9]]  # user .. steal (guest time is inside user)
-        return sum(values), values[3] + values[4]  # all, idle + iowait
-
-    try:
-        total0, idle0 = snapshot()
-        time.sleep(seconds)
-        total1, idle1 = snapshot()
-    except (OSError, ValueError, IndexError):
-        return None
-    total = total1 - total0
-    return None if total <= 0 else (1.0 - (idle1 - idle0) / total) * (os.cpu_count() or 1)
-
-
-def busy_warning(busy: Sequence[float | None], threads: int) -> str | None:
-    """A warning when other processes left fewer than ``threads`` CPUs free before or after measuring:
-    multi-threaded inference then waits for descheduled threads and can be many times slower."""
-    cpus = os.cpu_count() or 1
-    known = [b for b in busy if b is not None]
-    if not known or max(known) + threads <= cpus + 0.25:
-        return None
-    return (f"warning: other processes kept {max(known):.1f} of {cpus} CPUs busy around the measurement ({threads} "
-            f"threads asked): latencies are inflated; measure again when the machine is idle (--remeasure).")
-
-
 # -- building and running candidates ---------------------------------------------------------------
 
 #: Settings of the task's default recipe that shape the network (and so its latency): the network timed is built
@@ -239,98 +197,6 @@ def architecture_tag(arch: dict[str, Any]) -> str:
     return ",".join(f"{k}={arch[k]}" for k in sorted(arch)) or "defaults"
 
 
-def build_task(point: GridPoint, arch: dict[str, Any] | None = None):
-    """The task of ``point`` with random weights: the 1000-class classifier or the 80-class SSDLite, with the
-    network-shaping settings ``arch`` (default: the task's recipe's, :func:`recipe_architecture`)."""
-    from ..tasks import ClassificationTask, DetectionTask
-
-    cls, classes = (ClassificationTask, 1000) if point.task == "classification" else (DetectionTask, 80)
-    arch = recipe_architecture(point.task) if arch is None else arch
-    return cls(backbone=point.backbone, width=point.width, num_classes=classes, image_size=point.image_size,
-               **arch).eval()
-
-
-def complexity(network, point: GridPoint) -> tuple[int, int]:
-    """(MAdds per image, params) of a candidate's deployable network."""
-    from ..evaluation.complexity import count_madds, count_params
-
-    return count_madds(network, (1, 3, point.image_size, point.image_size)), count_params(network)
-
-
-def random_calibration(point: GridPoint, batch: int) -> list:
-    """int8 calibration batches of random images for a candidate: latency does not depend on the values."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    return [rng.random((batch, 3, point.image_size, point.image_size), dtype=np.float32) for _ in range(4)]
-
-
-def _torch_runner(task, batch: int, inputs: dict) -> tuple[Callable[[], Any], Any]:
-    import torch
-
-    from ..deploy import deployable
-
-    network, decoder = deployable(task)
-    size = task.hparams.image_size
-    x = inputs.setdefault(size, torch.rand(batch, 3, size, size))
-    if decoder is None:
-        return (lambda: network(x)), network
-    return (lambda: decoder(*network(x))), network
-
-
-def _exported_file(task, point: GridPoint, runtime: str, batch: int, export_dir: Path,
-                   log: Callable[[str], None]) -> Path:
-    """The export of ``point`` for ``runtime`` under ``export_dir`` (reused when a previous call wrote it), float32
-    or int8 (calibrated on random images)."""
-    from ..deploy.formats import FORMATS, export_model, read_exported_metadata
-
-    fmt = RUNTIME_FORMATS[runtime]
-    int8 = runtime.endswith("-int8")
-    static = FORMATS[fmt].static_batch
-    name = f"{point.name}{'.int8' if int8 else ''}{f'.b{batch}' if static else ''}{FORMATS[fmt].suffix}"
-    path = export_dir / point.task / name
-    if path.is_file():
-        try:
-            meta = read_exported_metadata(path)
-            if (meta.get("backbone") == point.backbone and list(meta.get("image_size", [])) == [point.image_size] * 2
-                    and bool(meta.get("int8")) == int8):
-                return path
-        except Exception:  # noqa: BLE001 - an unreadable leftover is exported again
-            pass
-    t0 = time.perf_counter()
-    calibration = random_calibration(point, batch if static else 1) if int8 else None
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    export_model(task, tmp, fmt, batch=batch if static else None, calibration=calibration)
-    os.replace(tmp, path)
-    log(f"exported {path} ({time.perf_counter() - t0:.1f} s)")
-    return path
-
-
-def _exported_runner(path: Path, threads: int, batch: int, size: int, inputs: dict) -> Callable[[], Any]:
-    import numpy as np
-
-    from ..deploy.formats import load_exported
-
-    model = load_exported(path, threads=threads)
-    x = inputs.setdefault(("np", batch, size),
-                          np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32))
-    return lambda: model(x)
-
-
-def prepare(point: GridPoint, runtime: str, threads: int, batch: int, export_dir: Path, inputs: dict,
-            log: Callable[[str], None]) -> tuple[Callable[[], Any], int, int]:
-    """A zero-argument call running ``point`` once in ``runtime``, and its (MAdds per image, params)."""
-    task = build_task(point)
-    fn, network = _torch_runner(task, batch, inputs)
-    madds, params = complexity(network, point)
-    if runtime != "torch":
-        path = _exported_file(task, point, runtime, batch, export_dir, log)
-        del fn, network
-        fn = _exported_runner(path, threads, batch, point.image_size, inputs)
-    return fn, madds, params
-
-
 def measure(points: Sequence[GridPoint], args: argparse.Namespace, threads: int, versions: dict[str, str],
             console) -> dict[str, dict[str, Any]]:
     """Cache entries of ``points``: built (exported) one by one, then timed interleaved."""
@@ -350,7 +216,8 @@ def measure(points: Sequence[GridPoint], args: argparse.Namespace, threads: int,
         for point in points:
             progress.update(prep, description=f"{verb}: {point.name}")
             fn, madds, params = prepare(point, args.runtime, threads, args.batch, export_dir, inputs,
-                                        lambda msg: progress.console.print(msg, style="dim"))
+                                        lambda msg: progress.console.print(msg, style="dim"),
+                                        recipe_architecture(point.task))
             runners[point.name] = fn
             entries[point.name] = {"madds": int(madds), "params": int(params)}
             progress.advance(prep)
@@ -635,7 +502,7 @@ def verify(pick: Candidate, args: argparse.Namespace, threads: int, console) -> 
 
     with torch.no_grad():
         fn, _, _ = prepare(pick.point, args.runtime, threads, args.batch, args.output / "exports", {},
-                           lambda msg: None)
+                           lambda msg: None, recipe_architecture(pick.point.task))
     with torch.inference_mode():
         stats = time_interleaved({"pick": fn}, warmup=args.warmup, repeats=max(args.repeats, 30))["pick"]
     ok = stats[STATISTICS[args.statistic]] <= args.latency_ms

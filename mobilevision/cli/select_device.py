@@ -31,7 +31,8 @@ def export_candidates(points: Sequence[GridPoint], args: argparse.Namespace, con
     ``args.batch`` into ``args.export_candidates``, and ``manifest.csv`` listing them."""
     from ..deploy import deployable
     from ..deploy.formats import FORMATS, export_model
-    from .select import build_task, complexity, random_calibration
+    from ..deploy.candidates import build_task, complexity, random_calibration
+    from .select import recipe_architecture
 
     fmt = FORMATS[args.format]
     if args.int8 and not fmt.int8:
@@ -42,7 +43,7 @@ def export_candidates(points: Sequence[GridPoint], args: argparse.Namespace, con
     rows = []
     t0 = time.perf_counter()
     for i, point in enumerate(points, 1):
-        task = build_task(point)
+        task = build_task(point, recipe_architecture(point.task))
         calibration = random_calibration(point, args.batch) if args.int8 else None
         name = f"{point.name}{'.int8' if args.int8 else ''}{fmt.suffix}"
         t = time.perf_counter()
@@ -117,13 +118,14 @@ def read_device_latencies(path: Path, points: Sequence[GridPoint]) -> dict[str, 
 def device_entries(args: argparse.Namespace, points: Sequence[GridPoint]) -> dict[str, dict[str, Any]]:
     """Cache-like entries of the candidates the device latencies name: their latency, MAdds and params."""
     from ..deploy import deployable
-    from .select import build_task, complexity
+    from ..deploy.candidates import build_task, complexity
+    from .select import recipe_architecture
 
     latencies = read_device_latencies(args.device_latencies, points)
     entries = {}
     for point in points:
         if point.name in latencies:
-            madds, params = complexity(deployable(build_task(point))[0], point)
+            madds, params = complexity(deployable(build_task(point, recipe_architecture(point.task)))[0], point)
             entries[point.name] = {"latency": dict(latencies[point.name], repeats=None), "madds": madds,
                                    "params": params,
                                    "measured": f"on the device ({args.device_latencies.name})"}

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..errors import UserError
+from ..errors import UserError, first_few
 from .finegrained import (
     BENCHMARK_DATASETS,
     BENCHMARK_NUM_CLASSES,
@@ -208,9 +208,7 @@ def scan_image_folder(folder: str | os.PathLike, class_names: Sequence[str] | No
     index = {c: i for i, c in enumerate(class_names)}
     unknown = [c for c in present if c not in index]
     if unknown:
-        shown = ", ".join(repr(c) for c in unknown[:10])
-        if len(unknown) > 10:
-            shown += f" (and {len(unknown) - 10} more)"
+        shown = first_few(unknown, 10, show=repr)
         raise UserError(
             f"{folder}: class folder(s) {shown} are not among the {len(class_names)} training classes; "
             "labels must follow the training class -> index mapping, so every class needs training images"

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_few
 from .image_io import check_files_exist
 
 __all__ = [
@@ -158,8 +158,8 @@ def _dogs_split(root: str, split: str, class_folders: list[str] | None) -> tuple
     unknown = sorted(set(folders) - set(index))
     if unknown:
         raise UserError(
-            f"Stanford Dogs: {list_file} has classes that are not in the training list: {unknown[:5]}"
-            + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
+            f"Stanford Dogs: {list_file} has classes that are not in the training list: "
+            f"{first_few(unknown, show=repr)}"
         )
     labels = np.array([index[c] for c in folders], dtype=np.int64)
     if official is not None:  # the official labels must map one-to-one onto the breed folders

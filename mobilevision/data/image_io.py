@@ -35,7 +35,7 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps
 
-from ..errors import ImageDecodeError, UserError
+from ..errors import ImageDecodeError, UserError, first_few
 from ..files import is_hidden, walk_files
 
 pillow_heif.register_heif_opener()  # .heic / .heif; Pillow reads .avif itself
@@ -196,7 +196,7 @@ def check_image_headers(files: Sequence[str], what: str) -> list[tuple[int, int]
         sizes = list(pool.map(size, files))
     bad = [s for s in sizes if isinstance(s, str)]
     if bad:
-        shown = "\n  ".join(bad[:20]) + (f"\n  (and {len(bad) - 20} more)" if len(bad) > 20 else "")
+        shown = first_few(bad, 20, sep="\n  ")
         raise ImageDecodeError(f"{what}: {len(bad)} of {len(files)} images cannot be read:\n  {shown}")
     return sizes  # type: ignore[return-value]
 
@@ -221,5 +221,5 @@ def check_files_exist(files: Sequence[str], what: str) -> None:
     """Raise ``FileNotFoundError`` naming the missing files (one directory listing per folder)."""
     missing = missing_files(files)
     if missing:
-        shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+        shown = first_few(missing)
         raise FileNotFoundError(f"{what}: {len(missing)} of {len(files)} image files not found: {shown}")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
+from ..errors import UserError, first_few
 from ..masks import IGNORE_INDEX, MASK_EXTENSIONS, read_index_mask
 from .image_io import TRANSPOSING_ORIENTATIONS, is_image_file, missing_files, read_image_header, walk_files
 
@@ -182,7 +182,7 @@ def _size_problem(image: str, mask: str, image_wh: tuple[int, int], mask_wh: tup
 
 
 def _few(items: Sequence[str], k: int = 5) -> str:
-    return "; ".join(items[:k]) + (f"; ... and {len(items) - k} more" if len(items) > k else "")
+    return first_few(items, k, sep="; ")
 
 
 def _threads() -> int:

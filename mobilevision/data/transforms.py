@@ -185,7 +185,7 @@ class ZoomOut(A.DualTransform):
     def __init__(
         self,
         max_scale: float = 4.0,
-        fill: Sequence[float] | float = tuple(round(m * 255) for m in IMAGENET_MEAN),
+        fill: Sequence[float] | float = mean_fill(),
         p: float = 0.5,
     ) -> None:
         super().__init__(p=p)
@@ -347,7 +347,7 @@ def train_transforms(
                 )
             )
         if zoom_out_max > 1.0 and zoom_out_p > 0:
-            fill = tuple(round(m * 255) for m in mean)
+            fill = mean_fill(mean)
             ops.append(ZoomOut(max_scale=zoom_out_max, fill=fill, p=zoom_out_p))
     if augment in ("ssd", "ssdlite"):
         ops.append(SSDRandomIoUCrop())

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -23,8 +25,9 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_madds", "count_params", "cpu_flags", "cpu_name", "latency_stats", "measure_latency", "measure_latency_interleaved",
-           "spearman", "time_interleaved"]
+__all__ = ["busy_cpus", "busy_warning", "count_madds", "count_params", "cpu_flags", "cpu_name", "device_description",
+           "device_slug", "latency_stats", "measure_latency", "measure_latency_interleaved", "spearman",
+           "time_interleaved"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -227,3 +230,40 @@ def cpu_name() -> str:
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
     return set((_cpuinfo("flags") or "").split())
+
+
+def device_description() -> str:
+    return f"{cpu_name()} ({os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()})"
+
+
+def device_slug() -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu_name()}-{os.cpu_count()}cpu").strip("-")
+
+
+def busy_cpus(seconds: float = 0.5) -> float | None:
+    """How many CPUs other processes keep busy right now: the non-idle share of ``/proc/stat`` over ``seconds``
+    (this process sleeps meanwhile) times the number of CPUs; None where ``/proc/stat`` does not exist."""
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]  # user .. steal (guest time is inside user)
+        return sum(values), values[3] + values[4]  # all, idle + iowait
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(seconds)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return None if total <= 0 else (1.0 - (idle1 - idle0) / total) * (os.cpu_count() or 1)
+
+
+def busy_warning(busy: Sequence[float | None], threads: int) -> str | None:
+    """A warning when other processes left fewer than ``threads`` CPUs free before or after measuring:
+    multi-threaded inference then waits for descheduled threads and can be many times slower."""
+    cpus = os.cpu_count() or 1
+    known = [b for b in busy if b is not None]
+    if not known or max(known) + threads <= cpus + 0.25:
+        return None
+    return (f"warning: other processes kept {max(known):.1f} of {cpus} CPUs busy around the measurement ({threads} "
+            f"threads asked): latencies are inflated; measure again when the machine is idle (--remeasure).")

@@ -39,7 +39,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from ..errors import UserError
+from ..errors import UserError, first_few
 from ..geo.distance import haversine_km
 
 __all__ = [
@@ -260,8 +260,7 @@ class MatchedLocations:
 
 
 def _few(ids: Sequence[str], k: int = 5) -> str:
-    shown = ", ".join(repr(i) for i in ids[:k])
-    return shown + (", ..." if len(ids) > k else "")
+    return first_few(ids, k, show=repr)
 
 
 def match_prediction_csvs(predictions: str | os.PathLike, ground_truth: str | os.PathLike) -> MatchedLocations:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from ..errors import UserError
+from ..errors import UserError, first_few
 from ..files import walk_files
 from ..masks import IGNORE_INDEX, MASK_EXTENSIONS, read_index_mask
 
@@ -80,7 +80,7 @@ def _masks(folder: Path, what: str) -> dict[str, Path]:
 
 
 def _few(names: Sequence[str], k: int = 5) -> str:
-    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+    return first_few(names, k)
 
 
 def evaluate_mask_folders(predictions: str | os.PathLike, ground_truth: str | os.PathLike, num_classes: int,
