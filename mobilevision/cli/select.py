@@ -385,13 +385,13 @@ def _run(args: argparse.Namespace, points: Sequence[GridPoint], console,
     for p in points:
         e = cached[p.name]
         candidates.append(Candidate(p, published_accuracy(p, table), e["madds"], e["params"], e["latency"],
-                                    extra={k: e.get(k) for k in ("measured", "interleaved_with", "timing_s",
+                                    measurement={k: e.get(k) for k in ("measured", "interleaved_with", "timing_s",
                                                                  "busy_cpus")}))
     front = pareto_front(candidates, args.statistic)
     pick = choose(candidates, args.latency_ms, args.statistic)
     corr = latency_madds_correlation(candidates, "median")
     repeats = sorted({c.latency.get("repeats") for c in candidates})
-    dates = sorted({c.extra.get("measured") for c in candidates if c.extra.get("measured")})
+    dates = sorted({c.measurement.get("measured") for c in candidates if c.measurement.get("measured")})
 
     # -- print ---------------------------------------------------------------------------------------
     title = (f"{args.task}: Pareto front of latency ({args.statistic}, {args.runtime}, {threads} threads, batch "
@@ -415,7 +415,7 @@ def _run(args: argparse.Namespace, points: Sequence[GridPoint], console,
         f"Spearman rank correlation of latency (median) with MAdds across the {corr['n']} candidates: "
         f"{corr['madds']:.3f} (with params: {corr['params']:.3f}).",
     ]
-    busy = [b for c in candidates for b in (c.extra.get("busy_cpus") or []) if b is not None]
+    busy = [b for c in candidates for b in (c.measurement.get("busy_cpus") or []) if b is not None]
     if busy:
         lines.append(f"CPUs kept busy by other processes before / after measuring: at most {max(busy):.2f} of "
                      f"{os.cpu_count()}.")

@@ -9,7 +9,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
-class SplitDataModule(pl.LightningDataModule):
+class TrainValDataModule(pl.LightningDataModule):
     """Train / val / test (= val) / predict loaders over ``self.{train,val,predict}_dataset``, which
     subclasses build in ``setup``; subclasses set ``batch_size``, ``num_workers``, ``pin_memory`` and may
     set ``collate_fn`` and ``eval_batch_size`` (every loader but the training one; default ``batch_size``)."""

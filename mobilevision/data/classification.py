@@ -45,7 +45,7 @@ from .finegrained import (
     load_benchmark_split,
 )
 from .glyphs import GLYPH_CLASSES, ensure_glyphs_dataset
-from ._datamodule import SplitDataModule
+from ._datamodule import TrainValDataModule
 from ._generated import embedded_root
 from .image_io import IMAGE_EXTENSIONS, check_image_headers, load_rgb_image, walk_image_files
 from .transforms import AREA_FOR_DOWNSCALE, IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops
@@ -327,7 +327,7 @@ class ClassificationDataset(Dataset):
 # --------------------------------------------------------------------------------------------
 
 
-class ClassificationDataModule(SplitDataModule):
+class ClassificationDataModule(TrainValDataModule):
     """Image classification data (defaults to the embedded glyphs dataset).
 
     Args:

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from ..errors import UserError
 from ..coco_format import read_coco
 from .coco import CocoDetection, training_categories
-from ._datamodule import SplitDataModule
+from ._datamodule import TrainValDataModule
 from ._generated import embedded_root
 from .image_io import IMAGE_EXTENSIONS, load_rgb_image, walk_image_files
 from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_paths
@@ -62,7 +62,7 @@ class ImageFolderDataset(Dataset):
         return image, target
 
 
-class CocoDetectionDataModule(SplitDataModule):
+class CocoDetectionDataModule(TrainValDataModule):
     """COCO-format detection data.
 
     Leave all four ``train_*``/``val_*`` paths ``None`` to use the embedded shapes dataset, generated

@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..geo.cells import CellPartition, build_partition
-from ._datamodule import SplitDataModule
+from ._datamodule import TrainValDataModule
 from ._generated import embedded_root
 from .classification import CLASSIFICATION_AUGMENTS, classification_eval_transforms, classification_train_transforms
 from .image_io import ImageDecodeError, check_files_exist, check_image_headers, load_rgb_image, missing_files
@@ -228,7 +228,7 @@ class GeoImageDataset(Dataset):
         return f"{type(self).__name__}({self.samples.source}: {len(self)} photos, {inside} inside a cell)"
 
 
-class GeolocalizationDataModule(SplitDataModule):
+class GeolocalizationDataModule(TrainValDataModule):
     """Geotagged photos and their PlaNet cell partition (defaults to the embedded geoscenes dataset).
 
     Args:

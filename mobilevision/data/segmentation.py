@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..masks import IGNORE_INDEX
-from ._datamodule import SplitDataModule
+from ._datamodule import TrainValDataModule
 from ._generated import embedded_root
 from .image_io import is_image_file, load_rgb_image
 from .segmentation_files import (  # noqa: F401  (re-exported: the segmentation data in one place)
@@ -274,7 +274,7 @@ def segmentation_collate(batch: list[tuple[torch.Tensor, Any]]) -> tuple[torch.T
 # --------------------------------------------------------------------------------------------
 
 
-class SegmentationDataModule(SplitDataModule):
+class SegmentationDataModule(TrainValDataModule):
     """Semantic segmentation data (defaults to the embedded shapes dataset); batches as in the module docstring.
 
     Datasets (nothing is ever downloaded; torchvision's dataset classes read the benchmarks' file lists):

@@ -316,7 +316,7 @@ def square_resize(height: int, width: int | None = None) -> A.Resize:
     return A.Resize(height, width or height, area_for_downscale=AREA_FOR_DOWNSCALE)
 
 
-def _finish(image_size: int, mean: Sequence[float], std: Sequence[float], to_tensor: bool) -> list[A.BasicTransform]:
+def _resize_and_normalize(image_size: int, mean: Sequence[float], std: Sequence[float], to_tensor: bool) -> list[A.BasicTransform]:
     return [square_resize(image_size), *normalize_ops(mean, std, to_tensor)]
 
 
@@ -355,7 +355,7 @@ def train_transforms(
         ops.append(A.HorizontalFlip(p=0.5))
     if augment == "flips":
         ops.append(A.VerticalFlip(p=0.5))
-    ops += _finish(image_size, mean, std, to_tensor)
+    ops += _resize_and_normalize(image_size, mean, std, to_tensor)
     return DetectionTransform(ops)
 
 
@@ -367,5 +367,5 @@ def eval_transforms(
     to_tensor: bool = True,
 ) -> DetectionTransform:
     """Evaluation pipeline: resize to ``image_size`` x ``image_size`` + normalize (no box is dropped)."""
-    return DetectionTransform(_finish(image_size, mean, std, to_tensor), min_visibility=0.0, min_size=0.0,
+    return DetectionTransform(_resize_and_normalize(image_size, mean, std, to_tensor), min_visibility=0.0, min_size=0.0,
                               deterministic=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 #: public name -> the module of this package that defines it
 _EXPORTS = {
-    "DetectionDecoder": "graph", "NormalizedNetwork": "graph", "deployable": "graph", "load_any_task": "graph",
+    "DetectionDecoder": "graph", "Deployable": "graph", "NormalizedNetwork": "graph", "deployable": "graph", "load_any_task": "graph",
     "metadata_of": "graph", "task_kind": "graph",
     "OnnxModel": "onnx", "append_nms": "onnx", "export_onnx": "onnx", "read_metadata": "onnx",
     "Predictor": "predictor",

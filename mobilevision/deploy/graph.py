@@ -10,7 +10,7 @@ predictions by construction (and the tests check that ONNX Runtime agrees).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask, Segm
 from ..tasks.checkpoint import load_checkpoint, load_task
 from .adapters import ADAPTERS
 
-__all__ = ["DecodedNetwork", "DetectionDecoder", "NormalizedNetwork", "TASK_CLASSES", "deployable", "load_any_task", "metadata_of",
+__all__ = ["DecodedNetwork", "Deployable", "DetectionDecoder", "NormalizedNetwork", "TASK_CLASSES", "deployable", "load_any_task", "metadata_of",
            "static_metadata", "task_kind"]
 
 FORMAT_VERSION = 1
@@ -110,7 +110,15 @@ def _square(size) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
 
 
-def deployable(task: nn.Module) -> tuple[NormalizedNetwork, DetectionDecoder | None]:
+class Deployable(NamedTuple):
+    """What an export traces: the network behind its normalization, and for detection the box decoder (None for the
+    other tasks). Unpacks as ``network, decoder = deployable(task)``."""
+
+    network: "NormalizedNetwork"
+    decoder: "DetectionDecoder | None"
+
+
+def deployable(task: nn.Module) -> Deployable:
     """The eval-mode network of ``task`` (MobileOne folded) behind normalization, and for detection the decoder
     at the training resolution. Copies: the task is left as it is."""
     kind = task_kind(task)
@@ -120,10 +128,10 @@ def deployable(task: nn.Module) -> tuple[NormalizedNetwork, DetectionDecoder | N
     network = network.float().to(memory_format=torch.contiguous_format).eval()
     net = NormalizedNetwork(network, detection=kind == "detection").eval()
     if kind != "detection":
-        return net, None
+        return Deployable(net, None)
     size = _square(task.hparams.image_size)
     anchors = network.anchors_for(size).cpu()
-    return net, DetectionDecoder(anchors, size, network.box_coder).eval()
+    return Deployable(net, DetectionDecoder(anchors, size, network.box_coder).eval())
 
 
 def metadata_of(task: nn.Module, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:

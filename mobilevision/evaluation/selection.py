@@ -175,7 +175,8 @@ class Candidate:
     madds: int | None = None
     params: int | None = None
     latency: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: how the latency was measured (date, other candidates interleaved with, CPUs kept busy by other processes)
+    measurement: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

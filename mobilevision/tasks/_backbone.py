@@ -146,7 +146,7 @@ class BackboneTask(pl.LightningModule):
     # Subclasses define ``_eval_step(batch, metrics, stage)`` (which runs ``eval_model()`` and adds the batch's
     # loss to ``eval_losses[stage]``), ``summarize(computed) -> dict`` and ``log_eval(stats, stage)``;
     # ``val_metrics`` / ``test_metrics`` have ``compute()`` and ``reset()`` (torchmetrics objects). Nothing is
-    # synced per batch (under DDP ranks may run one batch more than others, see SplitDataModule): the metrics
+    # synced per batch (under DDP ranks may run one batch more than others, see TrainValDataModule): the metrics
     # and the loss sync when computed at epoch end.
     def _start_eval(self) -> None:
         self._fold_for_eval()
