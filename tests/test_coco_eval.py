@@ -18,7 +18,7 @@ import torch
 from pycocotools.coco import COCO
 
 from mobilevision.cli.eval import main as eval_main
-from mobilevision.evaluation.coco import (
+from mobilevision.evaluation.coco_map import (
     BACKENDS,
     STAT_KEYS,
     COCOEvaluator,

@@ -29,7 +29,7 @@ from mobilevision.coco_format import read_coco
 from mobilevision.data import CocoDetection, CocoDetectionDataModule, ImageDecodeError, ImageSizeMismatchError
 from mobilevision.data.image_io import load_rgb_image, read_image_size
 from mobilevision.cli.eval import main as eval_main
-from mobilevision.evaluation.coco import BACKENDS, COCOEvaluator, evaluate_results_file
+from mobilevision.evaluation.coco_map import BACKENDS, COCOEvaluator, evaluate_results_file
 
 # file -> ((width, height) as displayed, [(class, [x, y, w, h]), ...])
 PHOTOS = {
@@ -435,7 +435,7 @@ def test_eval_cli_checkpoint_uses_its_own_classes(backend, tmp_path, monkeypatch
     """A model trained with labels (dog=2, cat=1) evaluated on a Label Studio file (cat=0, dog=1) with perfect
     detections: 1.0 iff the checkpoint's mapping is used and matched by name; the results it writes are in the
     file's ids, so evaluating them against the file gives 1.0 again."""
-    from mobilevision.evaluation.coco import scale_boxes
+    from mobilevision.evaluation.coco_map import scale_boxes
     from mobilevision.tasks import DetectionTask
 
     images, ann = _export_dir(tmp_path, "label_studio")

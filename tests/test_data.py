@@ -23,9 +23,9 @@ from mobilevision.data import (
     ImageDecodeError,
     ImageSizeMismatchError,
     ensure_shapes_dataset,
-    eval_transforms,
+    detection_eval_transforms,
     render_shapes_image,
-    train_transforms,
+    detection_train_transforms,
 )
 from mobilevision.data import shapes as shapes_mod
 from mobilevision.evaluation import scale_boxes
@@ -197,7 +197,7 @@ def test_crowd_ignored_and_image_without_annotations(tmp_path):
     image, t = ds[1]
     assert image.shape == (30, 40, 3) and t["boxes"].shape == (0, 4) and t["labels"].shape == (0,)
     # ... also through the training pipeline
-    ds.transforms = train_transforms(32, "ssd")
+    ds.transforms = detection_train_transforms(32, "ssd")
     x, t = ds[1]
     assert x.shape == (3, 32, 32) and t["boxes"].shape == (0, 4)
 
@@ -247,9 +247,9 @@ def test_boxes_clipped_and_degenerate_dropped_with_summary(tmp_path, caplog):
             _ann(5, a["id"], 9, [5, 5, 10, 10]),  # fine
         ],
     )
-    with caplog.at_level(logging.WARNING, logger="mobilevision.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="mobilevision.data.coco_detection"):
         ds = CocoDetection(tmp_path, ann)
-    warnings = [r for r in caplog.records if r.name == "mobilevision.data.coco"]
+    warnings = [r for r in caplog.records if r.name == "mobilevision.data.coco_detection"]
     assert len(warnings) == 1
     assert "clipped 2" in warnings[0].getMessage() and "dropped 2" in warnings[0].getMessage()
     assert ds.stats["clipped"] == 2 and ds.stats["dropped_degenerate"] == 2
@@ -348,7 +348,7 @@ def _rect_image(rng):
 def test_transforms_keep_boxes_tight(augment):
     torch.manual_seed(0)
     size = 64
-    t = train_transforms(size, augment, photometric=False, zoom_out_max=3.0, to_tensor=False)
+    t = detection_train_transforms(size, augment, photometric=False, zoom_out_max=3.0, to_tensor=False)
     t = pickle.loads(pickle.dumps(t))
     rng = np.random.default_rng(0)
     seen = 0
@@ -378,22 +378,22 @@ def test_transforms_keep_boxes_tight(augment):
 def test_transform_output_format_and_eval():
     image = np.random.default_rng(0).integers(0, 255, (50, 80, 3), dtype=np.uint8)
     boxes = np.array([[8, 5, 40, 45]], np.float32)
-    x, b, labels = eval_transforms(32)(image, boxes, np.array([2]))
+    x, b, labels = detection_eval_transforms(32)(image, boxes, np.array([2]))
     assert x.dtype == torch.float32 and x.shape == (3, 32, 32)
     assert np.allclose(b, [[8 * 32 / 80, 5 * 32 / 50, 40 * 32 / 80, 45 * 32 / 50]]) and labels.tolist() == [2]
     assert abs(float(x.mean())) < 1.5  # normalized
     back = scale_boxes(torch.from_numpy(b), (32, 32), (50, 80))
     assert torch.allclose(back, torch.from_numpy(boxes), atol=1e-4)
-    x, b, labels = train_transforms(32, "ssd")(image, boxes, np.array([2]))
+    x, b, labels = detection_train_transforms(32, "ssd")(image, boxes, np.array([2]))
     assert x.shape == (3, 32, 32) and b.dtype == np.float32 and labels.dtype == np.int64
     with pytest.raises(ValueError, match="augment"):
-        train_transforms(32, "mosaic")
+        detection_train_transforms(32, "mosaic")
 
 
 def test_augmentation_reseeded_per_torch_seed():
     image = np.random.default_rng(0).integers(0, 255, (60, 60, 3), dtype=np.uint8)
     boxes, labels = np.array([[10, 10, 30, 40]], np.float32), np.array([0])
-    t = train_transforms(32, "ssd")
+    t = detection_train_transforms(32, "ssd")
 
     def run(seed):
         torch.manual_seed(seed)
@@ -478,7 +478,7 @@ def test_datamodule_workers_and_custom_paths(tiny_shapes):
 def test_detection_prediction_folder_recurses_and_leaves_hidden_files_out(tmp_path):
     """The detection data module's predict folder is walked like every other folder of the project: recursively,
     sorted, hidden files (a macOS ``._x.jpg``) and folders left out."""
-    from mobilevision.data import ImageFolderDataset, eval_transforms
+    from mobilevision.data import ImageFolderDataset, detection_eval_transforms
 
     (tmp_path / "sub" / "deep").mkdir(parents=True)
     (tmp_path / ".git").mkdir()
@@ -487,7 +487,7 @@ def test_detection_prediction_folder_recurses_and_leaves_hidden_files_out(tmp_pa
         Image.fromarray(np.full((size[1], size[0], 3), 90, np.uint8)).save(tmp_path / name)
     (tmp_path / "._b.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     (tmp_path / "notes.txt").write_text("x")
-    ds = ImageFolderDataset(tmp_path, eval_transforms(32))
+    ds = ImageFolderDataset(tmp_path, detection_eval_transforms(32))
     assert ds.files == ["b.jpg", os.path.join("sub", "a.png"), os.path.join("sub", "deep", "c.heic")]
     for i in range(len(ds)):
         image, target = ds[i]

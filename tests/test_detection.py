@@ -530,8 +530,8 @@ def test_detections_in_original_pixels_for_non_square_images(tmp_path):
     and the task's detections mapped back to original pixels both match boxes computed by hand."""
     from PIL import Image
 
-    from mobilevision.data.coco import CocoDetection
-    from mobilevision.data.transforms import eval_transforms
+    from mobilevision.data.coco_detection import CocoDetection
+    from mobilevision.data.transforms import detection_eval_transforms
     from mobilevision.tasks import DetectionTask
 
     originals = {1: (300, 200, [30.0, 50, 150, 100]), 2: (200, 300, [50.0, 30, 100, 150])}  # w, h, xyxy
@@ -543,7 +543,7 @@ def test_detections_in_original_pixels_for_non_square_images(tmp_path):
         coco["images"].append({"id": i, "file_name": f"{i}.png", "width": w, "height": h})
         coco["annotations"].append({"id": i, "image_id": i, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
                                     "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-    dataset = CocoDetection(tmp_path, coco, eval_transforms(128))
+    dataset = CocoDetection(tmp_path, coco, detection_eval_transforms(128))
     targets = [dataset[0][1], dataset[1][1]]
     assert [t["orig_size"] for t in targets] == [(200, 300), (300, 200)]  # (h, w)
     for t, i in zip(targets, (1, 2)):

@@ -169,7 +169,7 @@ def test_validate_with_dataloaders_and_no_data_module(trained, tiny_shapes):
     mAP as through the data module."""
     from torch.utils.data import DataLoader
 
-    from mobilevision.data import CocoDetection, detection_collate, eval_transforms
+    from mobilevision.data import CocoDetection, detection_collate, detection_eval_transforms
 
     task = trained[0] if isinstance(trained, tuple) else trained
     dm = CocoDetectionDataModule(**{k: tiny_shapes[k] for k in ("train_images", "train_annotations", "val_images",
@@ -181,7 +181,7 @@ def test_validate_with_dataloaders_and_no_data_module(trained, tiny_shapes):
 
     ref = trainer().validate(task, datamodule=dm, verbose=False)[0]
     dataset = CocoDetection(tiny_shapes["val_images"], tiny_shapes["val_annotations"],
-                            transforms=eval_transforms(96))
+                            transforms=detection_eval_transforms(96))
     loader = DataLoader(dataset, batch_size=2, collate_fn=detection_collate)
     got = trainer().validate(task, dataloaders=loader, verbose=False)[0]
     assert ref["val/map_50"] > 0, "vacuous comparison"

@@ -8,7 +8,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from mobilevision.data.transforms import DetectionTransform, SSDRandomIoUCrop, train_transforms
+from mobilevision.data.transforms import DetectionTransform, SSDRandomIoUCrop, detection_train_transforms
 
 
 class FixedIoUCrop(SSDRandomIoUCrop):
@@ -45,14 +45,14 @@ def test_iou_crop_keeps_boxes_by_centre_whatever_their_visibility():
 
 
 def test_training_pipeline_keeps_boxes_by_centre(monkeypatch):
-    """The same crop inside ``train_transforms(..., "ssdlite")``: crop, random flip, resize 40x30 -> 80x80."""
+    """The same crop inside ``detection_train_transforms(..., "ssdlite")``: crop, random flip, resize 40x30 -> 80x80."""
     monkeypatch.setattr(SSDRandomIoUCrop, "get_params_dependent_on_data", lambda *args, **kwargs: {"crop_coords": CROP})
     scale = np.array([2, 8 / 3, 2, 8 / 3], np.float32)
     flipped = EXPECTED[:, [2, 1, 0, 3]] * [-1, 1, -1, 1] + [40, 0, 40, 0]
     seen = set()
     for seed in range(6):
         torch.manual_seed(seed)
-        image, boxes, labels = train_transforms(80, "ssdlite", to_tensor=False)(IMAGE, BOXES, np.arange(5))
+        image, boxes, labels = detection_train_transforms(80, "ssdlite", to_tensor=False)(IMAGE, BOXES, np.arange(5))
         assert image.shape == (80, 80, 3) and labels.tolist() == [0, 2, 3]
         is_flipped = not np.allclose(boxes, EXPECTED * scale, atol=1e-3)
         np.testing.assert_allclose(boxes, (flipped if is_flipped else EXPECTED) * scale, atol=1e-3)

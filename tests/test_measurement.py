@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mobilevision.data import classification_eval_transforms, eval_transforms
+from mobilevision.data import classification_eval_transforms, detection_eval_transforms
 from mobilevision.data.segmentation import segmentation_eval_transforms, segmentation_train_transforms
 from mobilevision.evaluation import complexity
 
@@ -43,7 +43,7 @@ def test_export_and_select_report_the_same_p90_for_the_same_runs(monkeypatch):
 @pytest.mark.parametrize("pipeline", ["detection", "classification", "segmentation"])
 def test_evaluation_pipelines_do_not_advance_the_users_generator(pipeline):
     image = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
-    run = {"detection": lambda: eval_transforms(32)(image, np.zeros((0, 4)), np.zeros(0)),
+    run = {"detection": lambda: detection_eval_transforms(32)(image, np.zeros((0, 4)), np.zeros(0)),
            "classification": lambda: classification_eval_transforms(32)(image),
            "segmentation": lambda: segmentation_eval_transforms(32)(image)}[pipeline]
     torch.manual_seed(7)

@@ -59,7 +59,7 @@ def _eval_trainer():
 
 # ------------------------------------------------------------------------------------ coco ----
 def _add_coco_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..evaluation.coco import BACKENDS
+    from ..evaluation.coco_map import BACKENDS
 
     p = subparsers.add_parser(
         "coco",
@@ -87,7 +87,7 @@ def _print_coco(stats: dict, per_category: bool, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..evaluation.coco import STAT_DESCRIPTIONS, STAT_KEYS
+    from ..evaluation.coco_map import STAT_DESCRIPTIONS, STAT_KEYS
 
     console = Console()
     table = Table(title=title)
@@ -151,7 +151,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> dict:
 def _draw_predictions(task, dm, path: Path, count: int) -> None:
     import torch
 
-    from ..evaluation.coco import scale_boxes
+    from ..evaluation.coco_map import scale_boxes
     from ..evaluation.visualize import draw_detections
 
     dataset = dm.val_dataset
@@ -168,7 +168,7 @@ def _draw_predictions(task, dm, path: Path, count: int) -> None:
 
 
 def _run_coco(args: argparse.Namespace) -> int:
-    from ..evaluation.coco import evaluate_results_file
+    from ..evaluation.coco_map import evaluate_results_file
 
     if args.checkpoint is not None:
         stats = _evaluate_checkpoint(args)

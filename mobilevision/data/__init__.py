@@ -9,7 +9,7 @@ files and label masks the way evaluation reads them, ``mobilevision.coco_format`
 ``mobilevision.evaluation.segmentation``; it never imports ``mobilevision.models`` or the tasks.
 """
 
-from .coco import (
+from .coco_detection import (
     CocoDetection,
     ImageDecodeError,
     ImageSizeMismatchError,
@@ -27,8 +27,8 @@ from .transforms import (
     SeededTransform,
     SSDRandomIoUCrop,
     ZoomOut,
-    eval_transforms,
-    train_transforms,
+    detection_eval_transforms,
+    detection_train_transforms,
 )
 from .image_io import IMAGE_EXTENSIONS, is_image_file
 from ._generated import data_home, embedded_root
@@ -79,13 +79,13 @@ __all__ = [
     "detection_collate",
     "embedded_root",
     "ensure_shapes_dataset",
-    "eval_transforms",
+    "detection_eval_transforms",
     "load_coco",
     "load_rgb_image",
     "read_coco",
     "render_shapes_image",
     "shapes_paths",
-    "train_transforms",
+    "detection_train_transforms",
     "training_categories",
     # classification
     "BENCHMARK_DATASETS",

@@ -12,12 +12,12 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..coco_format import read_coco
-from .coco import CocoDetection, training_categories
+from .coco_detection import CocoDetection, training_categories
 from ._datamodule import TrainValDataModule
 from ._generated import embedded_root
 from .image_io import IMAGE_EXTENSIONS, load_rgb_image, walk_image_files
 from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_paths
-from .transforms import AUGMENT_POLICIES, DetectionTransform, eval_transforms, train_transforms
+from .transforms import AUGMENT_POLICIES, DetectionTransform, detection_eval_transforms, detection_train_transforms
 
 __all__ = ["CocoDetectionDataModule", "ImageFolderDataset", "detection_collate"]
 
@@ -235,7 +235,7 @@ class CocoDetectionDataModule(TrainValDataModule):
             self.train_dataset = CocoDetection(
                 self.train_images,
                 self._train_coco if self._train_coco is not None else self.train_annotations,
-                train_transforms(self.image_size, self.augment, zoom_out_max=self.zoom_out_max),
+                detection_train_transforms(self.image_size, self.augment, zoom_out_max=self.zoom_out_max),
                 categories=categories,
                 skip_other_categories=self.drop_empty_categories,
                 cache_images=self.cache_images,
@@ -248,7 +248,7 @@ class CocoDetectionDataModule(TrainValDataModule):
             self.val_dataset = CocoDetection(
                 self.val_images,
                 self.val_annotations,
-                eval_transforms(self.image_size),
+                detection_eval_transforms(self.image_size),
                 categories=categories,
                 skip_other_categories=self.drop_empty_categories,
                 cache_images=self.cache_images,
@@ -257,6 +257,6 @@ class CocoDetectionDataModule(TrainValDataModule):
             self._categories = self.val_dataset.categories  # (names filled in where use_categories had none)
         if stage == "predict" and self.predict_dataset is None:
             if self.predict_images is not None:
-                self.predict_dataset = ImageFolderDataset(self.predict_images, eval_transforms(self.image_size))
+                self.predict_dataset = ImageFolderDataset(self.predict_images, detection_eval_transforms(self.image_size))
             else:
                 self.predict_dataset = self.val_dataset

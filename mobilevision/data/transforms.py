@@ -1,6 +1,6 @@
 """Bbox-safe albumentations pipelines for SSD-style detection training.
 
-``train_transforms(image_size, augment=...)`` / ``eval_transforms(image_size)`` return a picklable
+``detection_train_transforms(image_size, augment=...)`` / ``detection_eval_transforms(image_size)`` return a picklable
 :class:`DetectionTransform` called as ``transform(image, boxes, labels)`` with an HxWx3 uint8
 image and xyxy pixel boxes; it returns ``(CHW float32 tensor normalized with ImageNet mean/std,
 boxes (N, 4) float32 xyxy in output pixels, labels (N,) int64)``.
@@ -50,10 +50,10 @@ __all__ = [
     "SSDRandomIoUCrop",
     "SeededTransform",
     "ZoomOut",
-    "eval_transforms",
+    "detection_eval_transforms",
     "mean_fill",
     "normalize_ops",
-    "train_transforms",
+    "detection_train_transforms",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -320,7 +320,7 @@ def _resize_and_normalize(image_size: int, mean: Sequence[float], std: Sequence[
     return [square_resize(image_size), *normalize_ops(mean, std, to_tensor)]
 
 
-def train_transforms(
+def detection_train_transforms(
     image_size: int,
     augment: str = "ssd",
     *,
@@ -359,7 +359,7 @@ def train_transforms(
     return DetectionTransform(ops)
 
 
-def eval_transforms(
+def detection_eval_transforms(
     image_size: int,
     *,
     mean: Sequence[float] = IMAGENET_MEAN,

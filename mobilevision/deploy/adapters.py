@@ -125,7 +125,7 @@ class DetectionAdapter(TaskAdapter):
         return dm
 
     def metrics(self, dm):
-        from ..evaluation.coco import COCOEvaluator
+        from ..evaluation.coco_map import COCOEvaluator
 
         return COCOEvaluator(dm.val_coco, label_to_category_id=list(dm.label_to_category_id))
 

@@ -13,7 +13,7 @@ __all__ = ["count_madds", "count_params", "measure_latency", "measure_latency_in
            "time_interleaved"]
 
 # COCO box mAP (pycocotools / faster-coco-eval as libraries)
-from .coco import (  # noqa: E402
+from .coco_map import (  # noqa: E402
     BACKENDS as COCO_BACKENDS,
     STAT_KEYS as COCO_STAT_KEYS,
     COCOEvaluator,

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..evaluation.coco import COCOEvaluator, scale_boxes
+from ..evaluation.coco_map import COCOEvaluator, scale_boxes
 from ..models import SSDLite
 from ._backbone import BackboneTask
 from ._optim import OptimizerName
