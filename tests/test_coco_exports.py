@@ -459,27 +459,3 @@ def test_eval_cli_checkpoint_uses_its_own_classes(backend, tmp_path, monkeypatch
     assert stats["AP"] == pytest.approx(1.0, abs=1e-9) and set(stats["per_category"]) == {"cat", "dog"}
     assert {r["category_id"] for r in json.loads(dt.read_text())} == {0, 1}
     assert evaluate_results_file(ann, dt, backend=backend)["AP"] == pytest.approx(1.0, abs=1e-9)
-
-
-def test_shared_reader_sits_beside_data_and_evaluation():
-    """coco_format uses nothing of mobilevision but its error type (errors.py, which imports nothing); evaluation
-    reads COCO files through it, not through data."""
-    import ast
-    from pathlib import Path
-
-    import mobilevision
-
-    root = Path(mobilevision.__file__).parent
-
-    def imports(path):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                yield "." * node.level + (node.module or "")
-            elif isinstance(node, ast.Import):
-                yield from (a.name for a in node.names)
-
-    assert not [m for m in imports(root / "coco_format.py")
-                if (m.startswith(".") or m.startswith("mobilevision")) and m != ".errors"]
-    assert not [m for m in imports(root / "errors.py") if m.startswith(".") or m.startswith("mobilevision")]
-    assert "..coco_format" in set(imports(root / "evaluation/coco.py"))
-    assert not [m for m in imports(root / "evaluation/coco.py") if "data" in m.split(".")]
