@@ -107,48 +107,44 @@ def trained_segmenter(blocks, tmp_path_factory) -> Path:
     return fit(task, dm, 150, root)
 
 
-def export_int8(ckpt: Path, out: Path, calibration: Path, capsys) -> Path:
-    """``export --int8``; the float32 file written beside it."""
-    rc = export_main(["--checkpoint", str(ckpt), "--output", str(out), "--int8", "--calibration", str(calibration),
-                      "--calibration-size", "16"])
+def float_and_int8_scores(ckpt: Path, blocks: dict, tmp_path: Path, capsys, predict_args: list[str],
+                          eval_args, key: str) -> dict[str, float]:
+    """``export --int8`` to ``.pte`` (the float32 file is written beside it), then for each file ``predict`` on the
+    validation images and the model-free ``eval`` of what it wrote (``eval_args(prediction folder)``): ``key`` of
+    the stats, by file."""
+    out = tmp_path / "model.pte"
+    rc = export_main(["--checkpoint", str(ckpt), "--output", str(out), "--int8", "--calibration",
+                      str(blocks["train_images"]), "--calibration-size", "16"])
     captured = capsys.readouterr()
     assert rc == 0, captured.out + captured.err
-    assert "int8" in captured.out
-    return out.with_name(f"{out.stem}_fp32{out.suffix}")
+    scores = {}
+    for name, model in (("fp32", out.with_name("model_fp32.pte")), ("int8", out)):
+        pred, stats = tmp_path / f"pred_{name}", tmp_path / f"{name}.json"
+        assert predict_main(["--model", str(model), "--source", str(blocks["val_images"]), "--quiet",
+                             "--output", str(pred), *predict_args]) == 0, capsys.readouterr().err
+        assert eval_main([*eval_args(pred), "--json-out", str(stats)]) == 0
+        scores[name] = json.loads(stats.read_text())[key]
+    return scores
 
 
-def test_detector_int8_keeps_its_ap(trained_detector, blocks, tmp_path, capsys, suffix=".pte"):
+def test_detector_int8_keeps_its_ap(trained_detector, blocks, tmp_path, capsys):
     """The float32 and int8 files' detections on the validation images, written by ``predict`` (COCO results with
     the ground truth's image ids) and scored by pycocotools through ``eval coco --results``: APs within 0.02."""
-    out = tmp_path / f"det{suffix}"
-    fp32 = export_int8(trained_detector, out, blocks["train_images"], capsys)
-    ap = {}
-    for name, model in (("fp32", fp32), ("int8", out)):
-        pred = tmp_path / f"pred_{name}"
-        assert predict_main(["--model", str(model), "--source", str(blocks["val_images"]), "--annotations",
-                             str(blocks["val_annotations"]), "--score-thresh", "0.01", "--quiet",
-                             "--output", str(pred)]) == 0, capsys.readouterr().err
-        stats = tmp_path / f"{name}.json"
-        assert eval_main(["coco", "--annotations", str(blocks["val_annotations"]), "--results",
-                          str(pred / "predictions.json"), "--json-out", str(stats)]) == 0
-        ap[name] = json.loads(stats.read_text())["AP"]
+    gt = str(blocks["val_annotations"])
+    ap = float_and_int8_scores(trained_detector, blocks, tmp_path, capsys,
+                               ["--annotations", gt, "--score-thresh", "0.01"],
+                               lambda pred: ["coco", "--annotations", gt, "--results", str(pred / "predictions.json")],
+                               "AP")
     assert ap["fp32"] > 0.05, ("vacuous: the tiny detector finds too little for AP to tell", ap)
     assert abs(ap["int8"] - ap["fp32"]) <= 0.02, ap
 
 
-def test_segmenter_int8_keeps_its_miou(trained_segmenter, blocks, tmp_path, capsys, suffix=".pte"):
+def test_segmenter_int8_keeps_its_miou(trained_segmenter, blocks, tmp_path, capsys):
     """The float32 and int8 files' masks on the validation images, written by ``predict`` and scored against the
     ground-truth masks by ``eval segmentation --predictions``: mIoUs within 0.02."""
-    out = tmp_path / f"seg{suffix}"
-    fp32 = export_int8(trained_segmenter, out, blocks["train_images"], capsys)
-    miou = {}
-    for name, model in (("fp32", fp32), ("int8", out)):
-        pred = tmp_path / f"pred_{name}"
-        assert predict_main(["--model", str(model), "--source", str(blocks["val_images"]), "--quiet",
-                             "--output", str(pred)]) == 0, capsys.readouterr().err
-        stats = tmp_path / f"{name}.json"
-        assert eval_main(["segmentation", "--predictions", str(pred / "masks"), "--ground-truth",
-                          str(blocks["val_masks"]), "--num-classes", "3", "--json-out", str(stats)]) == 0
-        miou[name] = json.loads(stats.read_text())["miou"]
+    miou = float_and_int8_scores(trained_segmenter, blocks, tmp_path, capsys, [],
+                                 lambda pred: ["segmentation", "--predictions", str(pred / "masks"), "--ground-truth",
+                                               str(blocks["val_masks"]), "--num-classes", "3"],
+                                 "miou")
     assert miou["fp32"] > 0.6, ("vacuous: the tiny segmenter separates too little for mIoU to tell", miou)
     assert abs(miou["int8"] - miou["fp32"]) <= 0.02, miou
