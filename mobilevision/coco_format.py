@@ -38,10 +38,6 @@ __all__ = ["read_coco"]
 logger = logging.getLogger(__name__)
 
 
-def _shown(items: list, limit: int = 10) -> str:
-    return first_few(items, limit)
-
-
 def _int_id(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
         raise UserError(f"{where}: id {value!r} is not an integer")
@@ -101,9 +97,9 @@ def read_coco(source: Any, name: str | None = None) -> dict:
         if any(other.get(k) != img.get(k) for k in ("file_name", "width", "height")):
             conflicts.append(f"{img['id']} ({other.get('file_name')}, {img.get('file_name')})")
     if conflicts:
-        raise UserError(f"{name}: image ids used by different images: {_shown(conflicts)}; every image needs its "
-                         "own id (merged exports must renumber the images of each part and their annotations' "
-                         "image_id)")
+        raise UserError(f"{name}: image ids used by different images: {first_few(conflicts, 10)}; every image "
+                        "needs its own id (merged exports must renumber the images of each part and their "
+                        "annotations' image_id)")
     files = {k: img.get("file_name", f"image id {k}") for k, img in images.items()}
 
     cats: dict[int, dict] = {}

@@ -181,10 +181,6 @@ def _size_problem(image: str, mask: str, image_wh: tuple[int, int], mask_wh: tup
     return msg
 
 
-def _few(items: Sequence[str], k: int = 5) -> str:
-    return first_few(items, k, sep="; ")
-
-
 def _threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -238,9 +234,9 @@ def check_samples(samples: SegmentationSamples, num_classes: int, skip_bad: bool
         if not skip_bad:
             error = FileNotFoundError if only_missing else ValueError
             raise error(f"{samples.name}: {len(messages)} of {len(samples)} samples are unusable (skip_bad=True "
-                        f"skips them): {_few(messages)}")
+                        f"skips them): {first_few(messages, sep='; ')}")
         logger.warning("%s: skipped %d of %d samples (skip_bad): %s", samples.name, len(messages), len(samples),
-                       _few(messages))
+                       first_few(messages, sep="; "))
         samples = samples.subset([i for i in range(len(samples)) if i not in problems])
     if not len(samples):
         raise UserError(f"{samples.name}: no usable samples")
@@ -289,7 +285,8 @@ def pair_by_stem(images_dir: str, masks_dir: str, class_names: Sequence[str], na
         masks = {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
     unused = sorted(set(masks) - set(images))
     if unused:
-        logger.warning("%s: %d mask(s) without an image, left out: %s", name, len(unused), _few(unused, 3))
+        logger.warning("%s: %d mask(s) without an image, left out: %s", name, len(unused),
+                       first_few(unused, 3, sep="; "))
     stems = list(images)
     return SegmentationSamples(
         images=[images[s] for s in stems],

@@ -29,7 +29,6 @@ import csv
 import json
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,10 +258,6 @@ class MatchedLocations:
         return geo_metrics(self.distance_km)
 
 
-def _few(ids: Sequence[str], k: int = 5) -> str:
-    return first_few(ids, k, show=repr)
-
-
 def match_prediction_csvs(predictions: str | os.PathLike, ground_truth: str | os.PathLike) -> MatchedLocations:
     """Join a predictions CSV with a ground-truth CSV by ``image_id`` (both read by :func:`read_locations_csv`).
 
@@ -276,11 +271,11 @@ def match_prediction_csvs(predictions: str | os.PathLike, ground_truth: str | os
     missing = [i for i in gt_ids if i not in index]
     if missing:
         raise UserError(f"{predictions}: no prediction for {len(missing)} of the {len(gt_ids)} ground-truth images "
-                         f"of {ground_truth} (e.g. {_few(missing)})")
+                         f"of {ground_truth} (e.g. {first_few(missing, show=repr)})")
     extra = [i for i in pr_ids if i not in gt_set]
     if extra:
         raise UserError(f"{predictions}: {len(extra)} predicted image id(s) are not in the ground truth "
-                         f"{ground_truth} (e.g. {_few(extra)})")
+                         f"{ground_truth} (e.g. {first_few(extra, show=repr)})")
     order = np.asarray([index[i] for i in gt_ids], dtype=np.int64)
     return MatchedLocations(list(gt_ids), pr_lat[order], pr_lon[order], gt_lat, gt_lon)
 

@@ -79,10 +79,6 @@ def _masks(folder: Path, what: str) -> dict[str, Path]:
     return found
 
 
-def _few(names: Sequence[str], k: int = 5) -> str:
-    return first_few(names, k)
-
-
 def evaluate_mask_folders(predictions: str | os.PathLike, ground_truth: str | os.PathLike, num_classes: int,
                           ignore_index: int = IGNORE_INDEX,
                           class_names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -94,7 +90,8 @@ def evaluate_mask_folders(predictions: str | os.PathLike, ground_truth: str | os
     gt_files = _masks(Path(ground_truth), "ground truth")
     missing = sorted(set(gt_files) - set(pred_files))
     if missing:
-        raise UserError(f"{len(missing)} ground-truth mask(s) have no prediction in {predictions}: {_few(missing)}")
+        raise UserError(f"{len(missing)} ground-truth mask(s) have no prediction in {predictions}: "
+                        f"{first_few(missing)}")
     metrics = segmentation_metrics(num_classes, ignore_index)
     for stem, gt_path in gt_files.items():
         gt, pred = read_index_mask(gt_path), read_index_mask(pred_files[stem])
