@@ -21,6 +21,10 @@ def tiny_data(task: str, root) -> list[str]:
     if task == "classification":
         return [f"{d}root", str(root / "glyphs"), f"{d}glyphs_train_per_class", "1", f"{d}glyphs_val_per_class", "1",
                 f"{d}glyphs_image_size", "64", f"{d}image_size", "64", f"{d}batch_size", "2"]
+    if task == "attributes":
+        return [f"{d}root", str(root / "glyph_attributes"), f"{d}glyph_attributes_train", "2",
+                f"{d}glyph_attributes_val", "2", f"{d}glyph_attributes_image_size", "64", f"{d}image_size", "64",
+                f"{d}batch_size", "2"]
     if task == "geolocalization":
         return [f"{d}root", str(root / "geoscenes"), f"{d}geoscenes_train", "60", f"{d}geoscenes_val", "8",
                 f"{d}geoscenes_image_size", "64", f"{d}image_size", "64", f"{d}batch_size", "2",
@@ -40,7 +44,7 @@ def param_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("backbone", FAMILIES)
-@pytest.mark.parametrize("task", ["ssdlite", "classification", "geolocalization", "segmentation"])
+@pytest.mark.parametrize("task", ["ssdlite", "classification", "geolocalization", "segmentation", "attributes"])
 def test_default_command_with_backbone_fits_that_backbone(task, backbone, data_root, tmp_path, one_thread):
     cli = main(["--task", task, "--backbone", backbone, *tiny_data(task, data_root),
                 "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path),

@@ -93,12 +93,13 @@ def test_mobilevision_command_dispatches_to_subcommands(capsys):
     assert mobilevision(["--help"]) == 0
     usage = capsys.readouterr().out
     assert all(name in usage for name in ("train", "eval", "predict", "export", "benchmark"))
-    # the four tasks, in the command's help and in the package description
+    # every task, in the command's help and in the package description
     import tomllib
     from pathlib import Path
 
     description = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["description"]
-    for words in (("ssdlite", "SSDLite"), ("classification",), ("geolocalization",), ("segmentation",)):
+    for words in (("ssdlite", "SSDLite"), ("classification",), ("geolocalization",), ("segmentation",),
+                  ("attributes",)):
         assert any(w in usage for w in words) and any(w in description for w in words), words
     assert set(SUBCOMMANDS) >= {"train", "eval", "predict", "export", "benchmark"}
     assert mobilevision(["bogus"]) == 2

@@ -17,16 +17,17 @@ ROOT = Path(mobilevision.__file__).parent
 ALLOWED = {
     "errors": set(),
     "files": set(),
+    "imagenet": set(),
     "coco_format": {"errors"},
     "masks": {"errors"},
     "geo": {"errors"},
     "detection": {"errors"},
     "layers": {"errors"},
-    "backbones": {"errors", "layers"},
+    "backbones": {"errors", "layers", "imagenet"},
     "heads": {"errors", "layers"},
     "models": {"errors", "layers", "backbones", "heads", "detection"},
-    "data": {"errors", "files", "coco_format", "masks", "geo"},
-    "evaluation": {"errors", "files", "coco_format", "masks", "geo", "detection"},
+    "data": {"errors", "files", "imagenet", "coco_format", "masks", "geo"},
+    "evaluation": {"errors", "files", "imagenet", "coco_format", "masks", "geo", "detection"},
 }
 BELOW_TASKS = set(ALLOWED)
 ALLOWED["tasks"] = BELOW_TASKS

@@ -180,7 +180,7 @@ def test_coreml_detector_as_vision_pipeline(tmp_path):
     network, decoder = deployable(task)
     x = images(1, 3)
     with torch.no_grad():
-        scores, coordinates = _CoreMLHead(network, decoder, softmax=False, vision=True)(x)
+        scores, coordinates = _CoreMLHead(network, decoder, None, vision=True)(x)
         boxes, want_scores = decoder(*network(x))
     want = box_convert(boxes[0], "xyxy", "cxcywh") / torch.tensor([SIZE, SIZE, SIZE, SIZE])
     torch.testing.assert_close(coordinates, want)

@@ -170,6 +170,6 @@ def test_offline_imagenet_says_how_to_pass_a_file(monkeypatch):
     assert calls[0]["weights_only"] is True
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(RuntimeError, match=r"timm\.create_model\('mobileone_s1', pretrained=True\).*"
+    with pytest.raises(RuntimeError, match=r"timm\.create_model\('mobileone_s1\.apple_in1k', pretrained=True\).*"
                                            r"weights='mobileone_s1\.pth'"):
         create_classifier("mobileone_s1", weights="imagenet")

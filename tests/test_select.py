@@ -13,16 +13,14 @@ import yaml
 
 from mobilevision.cli import select as select_cli
 from mobilevision.deploy.formats import read_exported_metadata
+from mobilevision.backbones import PUBLISHED_TOP1_FILE, PublishedTop1, load_published_top1
 from mobilevision.evaluation.selection import (
-    ACCURACY_FILE,
-    Accuracy,
     Candidate,
     GridPoint,
     candidate_grid,
     choose,
     fastest,
     latency_madds_correlation,
-    load_published_accuracy,
     pareto_front,
     published_accuracy,
 )
@@ -33,7 +31,7 @@ from mobilevision.evaluation.selection import (
 def cand(name: str, latency: float | None, top1: float | None, p90: float | None = None, task: str = "classification",
          size: int = 224, backbone: str = "mobilenet_v2") -> Candidate:
     point = GridPoint(name, task, "mobilenet_v2", backbone, 1.0, size, 224)
-    acc = None if top1 is None else Accuracy(top1, name, "hand-made")
+    acc = None if top1 is None else PublishedTop1(top1, name, "hand-made")
     lat = None if latency is None else {"median_ms": latency, "p90_ms": latency if p90 is None else p90}
     return Candidate(point, acc, madds=1, params=1, latency=lat)
 
@@ -234,7 +232,7 @@ def reference_top1() -> dict[tuple[str, float | None, int], tuple[float, str, st
 def test_every_row_of_the_accuracy_file_equals_its_source_table():
     ref = reference_top1()
     assert len(ref) == 16 + 22 + 8 + 5
-    table = load_published_accuracy()
+    table = load_published_top1()
     assert set(table) == set(ref)
     for key, (top1, name, commit) in ref.items():
         acc = table[key]
@@ -243,14 +241,14 @@ def test_every_row_of_the_accuracy_file_equals_its_source_table():
     # the file itself: one row per key, every row names a source
     from importlib import resources
 
-    text = resources.files("mobilevision.evaluation").joinpath(ACCURACY_FILE).read_text()
+    text = resources.files("mobilevision.backbones").joinpath(PUBLISHED_TOP1_FILE).read_text()
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == len(ref) and all(r["source"].startswith("github.com/") for r in rows)
 
 
 def test_grids_are_the_published_ones_and_each_point_has_its_figure():
-    table = load_published_accuracy()
-    grid = candidate_grid("classification")
+    table = load_published_top1()
+    grid = candidate_grid("classification", table)
     by_family = {f: [p for p in grid if p.family == f] for f in ("mobilenet_v1", "mobilenet_v2", "mobileone",
                                                                  "efficientnet")}
     assert {f: len(ps) for f, ps in by_family.items()} == {"mobilenet_v1": 16, "mobilenet_v2": 22, "mobileone": 5,
@@ -260,12 +258,12 @@ def test_grids_are_the_published_ones_and_each_point_has_its_figure():
     assert [p.image_size for p in by_family["efficientnet"]] == [224, 240, 260, 300, 380, 456, 528, 600]
     assert all(published_accuracy(p, table) is not None for p in grid)
     assert len({p.name for p in grid}) == len(grid)
-    det = candidate_grid("ssdlite", sizes=(320, 192))
+    det = candidate_grid("ssdlite", table, sizes=(320, 192))
     assert len(det) == (4 + 6 + 5 + 8) * 2 and {p.image_size for p in det} == {320, 192}
     mbv2 = next(p for p in det if p.name == "ssdlite_mobilenet_v2_0.35_192")
     assert published_accuracy(mbv2, table).top1 == 60.3  # the backbone's published top-1 at 224
     with pytest.raises(ValueError, match="families"):
-        candidate_grid("classification", ["resnet"])
+        candidate_grid("classification", table, ["resnet"])
 
 
 def test_mobilenet_v2_widths_round_channels_as_published():

@@ -1,4 +1,5 @@
-"""Backbone registry: each name is registered once, next to the factory that builds it."""
+"""Backbone registry: each name is registered once, next to the factory that builds it, with its facts
+(:class:`~mobilevision.backbones.cfg.BackboneCfg`)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ from typing import Any, Callable, TypeVar
 
 from torch import nn
 
+from .cfg import BackboneCfg
+
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+_CFGS: dict[str, BackboneCfg] = {}
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
 
-def register_backbone(fn: F | None = None, *, name: str | None = None):
-    """Decorator registering a backbone factory under its function name (or ``name``)."""
+def register_backbone(fn: F | None = None, *, name: str | None = None, cfg: BackboneCfg | None = None):
+    """Decorator registering a backbone factory under its function name (or ``name``), with its facts ``cfg``
+    (default: no ImageNet weights, the standard input pipeline)."""
 
     def wrap(factory: F) -> F:
         key = name or factory.__name__
         if key in _BACKBONES:
             raise ValueError(f"backbone {key!r} is already registered (by {_BACKBONES[key].__module__})")
         _BACKBONES[key] = factory
+        _CFGS[key] = cfg or BackboneCfg()
         return factory
 
     return wrap(fn) if fn is not None else wrap
@@ -35,6 +41,12 @@ def get_backbone_factory(name: str) -> Callable[..., nn.Module]:
         return _BACKBONES[name]
     except KeyError:
         raise KeyError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}") from None
+
+
+def get_backbone_cfg(name: str) -> BackboneCfg:
+    """The facts of the registered backbone ``name``: input size, ImageNet weights and their input pipeline."""
+    get_backbone_factory(name)  # the error for an unknown name
+    return _CFGS[name]
 
 
 def backbone_knobs(name: str) -> tuple[str, list[str]]:

@@ -15,6 +15,7 @@ from torch import nn
 from ..layers import ConvBNAct, InvertedResidual, make_divisible
 from ._features import Backbone
 from ._registry import register_backbone
+from .cfg import BackboneCfg
 
 # B0 body: expansion t, kernel k, stride s, channels c, layers n.
 _B0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
@@ -27,6 +28,17 @@ PUBLISHED = {
     "b3": (1.2, 1.4, 300, 0.3), "b4": (1.4, 1.8, 380, 0.4), "b5": (1.6, 2.2, 456, 0.4),
     "b6": (1.8, 2.6, 528, 0.5), "b7": (2.0, 3.1, 600, 0.5),
 }
+
+
+# torchvision's IMAGENET1K_V1 weights: (crop size, resize size) of their evaluation, bicubic
+_TORCHVISION_EVAL = {"b0": (224, 256), "b1": (240, 256), "b2": (288, 288), "b3": (300, 320), "b4": (380, 384),
+                     "b5": (456, 456), "b6": (528, 528), "b7": (600, 600)}
+
+
+def _cfg(variant: str) -> BackboneCfg:
+    crop, resize = _TORCHVISION_EVAL[variant]
+    return BackboneCfg(PUBLISHED[variant][2], f"torchvision EfficientNet_{variant.upper()}_Weights.IMAGENET1K_V1",
+                       "bicubic", crop / resize)
 
 
 def compound_coefficients(phi: float) -> tuple[float, float, int]:
@@ -74,41 +86,41 @@ def _published(variant: str, **kwargs) -> EfficientNet:
     return EfficientNet(**{"width": width, "depth": depth, "resolution": resolution, "dropout": dropout, **kwargs})
 
 
-@register_backbone
+@register_backbone(cfg=_cfg("b0"))
 def efficientnet_b0(**kwargs) -> EfficientNet:
     return _published("b0", **kwargs)
 
 
-@register_backbone
+@register_backbone(cfg=_cfg("b1"))
 def efficientnet_b1(**kwargs) -> EfficientNet:
     return _published("b1", **kwargs)
 
 
-@register_backbone
+@register_backbone(cfg=_cfg("b2"))
 def efficientnet_b2(**kwargs) -> EfficientNet:
     return _published("b2", **kwargs)
 
 
-@register_backbone
+@register_backbone(cfg=_cfg("b3"))
 def efficientnet_b3(**kwargs) -> EfficientNet:
     return _published("b3", **kwargs)
 
 
-@register_backbone
+@register_backbone(cfg=_cfg("b4"))
 def efficientnet_b4(**kwargs) -> EfficientNet:
     return _published("b4", **kwargs)
 
 
-@register_backbone
+@register_backbone(cfg=_cfg("b5"))
 def efficientnet_b5(**kwargs) -> EfficientNet:
     return _published("b5", **kwargs)
 
 
-@register_backbone
+@register_backbone(cfg=_cfg("b6"))
 def efficientnet_b6(**kwargs) -> EfficientNet:
     return _published("b6", **kwargs)
 
 
-@register_backbone
+@register_backbone(cfg=_cfg("b7"))
 def efficientnet_b7(**kwargs) -> EfficientNet:
     return _published("b7", **kwargs)

@@ -14,6 +14,7 @@ from torch import nn
 from ..layers import ConvBNAct, DepthwiseSeparableConv, make_divisible
 from ._features import Backbone
 from ._registry import register_backbone
+from .cfg import BackboneCfg
 
 # (output channels, stride) of the 13 depthwise-separable layers (Table 1 of the paper; the last
 # stride is 1, as in every reference implementation).
@@ -37,6 +38,8 @@ class MobileNetV1(Backbone):
         self.width = width
 
 
-@register_backbone
+# timm's weights were trained with mean = std = 0.5, not ImageNet's statistics
+@register_backbone(cfg=BackboneCfg(224, "timm mobilenetv1_100.ra4_e3600_r224_in1k", "bicubic", 0.875,
+                                   (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
 def mobilenet_v1(width: float = 1.0, **kwargs) -> MobileNetV1:
     return MobileNetV1(width=width, **kwargs)

@@ -9,6 +9,7 @@ from torch import nn
 from ..layers import ConvBNAct, InvertedResidual, make_divisible
 from ._features import Backbone
 from ._registry import register_backbone
+from .cfg import BackboneCfg
 
 # Table 2 of the paper: expansion t (None: the body's t), channels c, repeats n, first stride s.
 _STAGES = [(1, 16, 1, 1), (None, 24, 2, 2), (None, 32, 3, 2), (None, 64, 4, 2),
@@ -40,6 +41,6 @@ class MobileNetV2(Backbone):
         self.width, self.expand_ratio = width, expand_ratio
 
 
-@register_backbone
+@register_backbone(cfg=BackboneCfg(224, "torchvision MobileNet_V2_Weights.IMAGENET1K_V1", "bilinear", 224 / 256))
 def mobilenet_v2(width: float = 1.0, expand_ratio: float = 6.0, **kwargs) -> MobileNetV2:
     return MobileNetV2(width=width, expand_ratio=expand_ratio, **kwargs)

@@ -14,6 +14,7 @@ from torch import nn
 from ..layers import MobileOneBlock
 from ._features import Backbone
 from ._registry import register_backbone
+from .cfg import BackboneCfg
 
 _STAGE_BLOCKS = (2, 8, 10, 1)
 _STAGE_CHANNELS = (64, 128, 256, 512)
@@ -41,26 +42,26 @@ class MobileOne(Backbone):
         self.widths, self.num_branches = tuple(widths), num_branches
 
 
-@register_backbone
+@register_backbone(cfg=BackboneCfg(224, "timm mobileone_s0.apple_in1k", "bilinear", 0.875))
 def mobileone_s0(num_branches: int = 4, **kwargs) -> MobileOne:
     return MobileOne((0.75, 1.0, 1.0, 2.0), num_branches, **kwargs)
 
 
-@register_backbone
+@register_backbone(cfg=BackboneCfg(224, "timm mobileone_s1.apple_in1k", "bilinear", 0.9))
 def mobileone_s1(num_branches: int = 1, **kwargs) -> MobileOne:
     return MobileOne((1.5, 1.5, 2.0, 2.5), num_branches, **kwargs)
 
 
-@register_backbone
+@register_backbone(cfg=BackboneCfg(224, "timm mobileone_s2.apple_in1k", "bilinear", 0.9))
 def mobileone_s2(num_branches: int = 1, **kwargs) -> MobileOne:
     return MobileOne((1.5, 2.0, 2.5, 4.0), num_branches, **kwargs)
 
 
-@register_backbone
+@register_backbone(cfg=BackboneCfg(224, "timm mobileone_s3.apple_in1k", "bilinear", 0.9))
 def mobileone_s3(num_branches: int = 1, **kwargs) -> MobileOne:
     return MobileOne((2.0, 2.5, 3.0, 4.0), num_branches, **kwargs)
 
 
-@register_backbone
+@register_backbone(cfg=BackboneCfg(224, "timm mobileone_s4.apple_in1k", "bilinear", 0.9))
 def mobileone_s4(num_branches: int = 1, **kwargs) -> MobileOne:
     return MobileOne((3.0, 3.5, 3.5, 4.0), num_branches, se_blocks=(0, 0, 5, 1), **kwargs)

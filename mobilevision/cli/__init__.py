@@ -1,8 +1,8 @@
 """The ``mobilevision`` command (also ``python -m mobilevision``): one subcommand per module of this package.
 
-    mobilevision train      --task ssdlite|classification|geolocalization|segmentation
+    mobilevision train      --task ssdlite|classification|geolocalization|segmentation|attributes
                             [--backbone B[@WIDTH]] [LightningCLI arguments]                     (cli/train.py)
-    mobilevision eval       coco|classification|geolocalization|segmentation ...              (cli/eval.py)
+    mobilevision eval       coco|classification|geolocalization|segmentation|attributes ...   (cli/eval.py)
     mobilevision predict    --model CKPT|ONNX|PTE --source PATH [PATH ...] --output DIR      (cli/predict.py)
     mobilevision export     --checkpoint CKPT --output model.onnx|.pte|.mlpackage [--nms]
                             [--int8 --calibration DIR [--qat-steps N]]                      (cli/export.py)
@@ -24,8 +24,10 @@ __all__ = ["SUBCOMMANDS", "main", "report_errors"]
 #: subcommand -> (module of this package, one-line help)
 SUBCOMMANDS = {
     "train": ("train", "train / validate / test a task: --task ssdlite (detection), classification, "
-                       "geolocalization or segmentation, on any --backbone (LightningCLI)"),
-    "eval": ("eval", "score a checkpoint or a predictions file: COCO mAP, top-1/top-5, km accuracy, mIoU"),
+                       "geolocalization, segmentation or attributes, on any --backbone (LightningCLI); "
+                       "distillation from a teacher"),
+    "eval": ("eval", "score a checkpoint or a predictions file: COCO mAP, top-1/top-5, km accuracy, mIoU, "
+                     "attribute mAP"),
     "predict": ("predict", "run a checkpoint, an ONNX or an ExecuTorch file on images, folders, globs and videos"),
     "export": ("export", "export a checkpoint to ONNX, ExecuTorch or Core ML (int8, QAT), checked against its runtime"),
     "benchmark": ("benchmark", "params, MAdds and latency of the backbones, detectors and runtimes"),

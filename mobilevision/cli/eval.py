@@ -13,10 +13,12 @@
     mobilevision eval segmentation --checkpoint CKPT [--data-dataset NAME] [--data-root DIR]
                               [--eval-scales 0.5,0.75,1,1.25,1.5,1.75] [--flip] [--json-out stats.json]
                               [--draw grid.png]
+    mobilevision eval attributes --checkpoint CKPT | --predictions P.csv --ground-truth G.csv
+                              [--thresholds STATS.json] [--json-out stats.json] [--ap-png ap.png]
 
 Each subcommand is registered by an ``_add_<task>_parser(subparsers)`` function that sets
 ``func`` to its handler ``(args) -> int``; to add a task write those two functions and list the
-adder in ``_SUBCOMMANDS``. The input source of ``coco`` (``--results`` or ``--checkpoint``), of
+adder in ``_SUBCOMMANDS`` (``attributes`` lives in :mod:`mobilevision.cli.eval_attributes`). The input source of ``coco`` (``--results`` or ``--checkpoint``), of
 ``geolocalization`` and ``segmentation`` (``--predictions`` or ``--checkpoint``) is a required mutually exclusive
 group named ``source``; ``--checkpoint`` runs the model, then evaluates.
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import report_errors
+from .eval_attributes import add_attributes_parser
 
 __all__ = ["build_parser", "main"]
 
@@ -516,7 +519,8 @@ def _run_segmentation(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------- parser ----
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_coco_parser, _add_classification_parser, _add_geolocalization_parser, _add_segmentation_parser)
+    _add_coco_parser, _add_classification_parser, _add_geolocalization_parser, _add_segmentation_parser,
+    add_attributes_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

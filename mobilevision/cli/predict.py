@@ -27,7 +27,9 @@ found under. What is written under ``DIR`` depends on the model's task:
   ``masks/x.png.png``), the label map at the image's own size as a palette PNG (pixel values are class
   indices, shown in VOC's colours; readable by ``mobilevision eval segmentation --predictions``), ``overlays/<name>``
   the image with the classes blended in and a legend (videos: ``<name>_pred.mp4``; their masks are not written), and
-  ``predictions.csv`` with ``file,frame,mask,classes`` (the classes present with their share of the pixels).
+  ``predictions.csv`` with ``file,frame,mask,classes`` (the classes present with their share of the pixels);
+* attributes: ``predictions.csv`` with ``file,frame`` and one column per attribute holding its probability, readable
+  by ``mobilevision eval attributes --predictions`` against a ground-truth CSV.
 
 Files that cannot be read or decoded are skipped and named in the summary at the end (also in ``DIR/skipped.txt``);
 the exit code stays 0 as long as something was predicted. A missing source, sources without any image or video,
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a mobilevision checkpoint (.ckpt, PyTorch) or ONNX file (ONNX Runtime) on images, folders, "
         "glob patterns and videos, and write the predictions (detection: COCO results JSON and drawn images / "
         "videos; classification: CSV; geolocalization: CSV and a world map; segmentation: index-PNG masks, "
-        "overlays and a CSV) under --output.")
+        "overlays and a CSV; attributes: a CSV of probabilities) under --output.")
     p.add_argument("--model", type=Path, required=True, help="checkpoint (.ckpt) or exported model (.onnx, .pte)")
     p.add_argument("--source", nargs="+", required=True, metavar="PATH",
                    help="images, folders (recursive), quoted glob patterns or videos")
@@ -329,8 +331,17 @@ class _SegmentationWriter(_CsvWriter):
         return wrote + [str(p) for p in self.video.paths]
 
 
+class _AttributesWriter(_CsvWriter):
+    def __init__(self, out: Path, predictor: Any, stride: int) -> None:
+        super().__init__(out, ["file", "frame", *(predictor.meta.get("class_names") or [])])
+
+    def add(self, item: Any, result: dict[str, Any]) -> None:
+        self.row([item.file.name, "" if item.frame is None else item.frame, *(f"{p:.6f}" for p in result["probs"])])
+
+
 _WRITERS = {"detection": _DetectionWriter, "classification": _ClassificationWriter,
-            "geolocalization": _GeolocalizationWriter, "segmentation": _SegmentationWriter}
+            "geolocalization": _GeolocalizationWriter, "segmentation": _SegmentationWriter,
+            "attributes": _AttributesWriter}
 
 
 # ---------------------------------------------------------------------------------------- run ----

@@ -41,7 +41,7 @@ median and the p90, so ``--statistic`` reads the same entry), exported files in 
 measures again). The front and the budget use ``--statistic`` (p90 by default: the pick stays within the budget
 in 9 runs out of 10).
 
-Accuracy is the published ImageNet top-1 of each point (``mobilevision/evaluation/imagenet_accuracy.csv``, which
+Accuracy is the published ImageNet top-1 of each point (``mobilevision/backbones/published_top1.csv``, which
 names the source of every row), not measured here; a point without a published figure is listed without one and
 never picked. For ``ssdlite`` it is the backbone's top-1, and at the same backbone a larger input counts as better
 (COCO AP is published for two points only, SSDLite-MobileNetV1 / V2 at 320: 22.2 / 22.1, MobileNetV2 paper
@@ -67,6 +67,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..backbones import load_published_top1
 from ..errors import UserError
 from ..deploy.candidates import RUNTIMES, prepare
 from ..evaluation.complexity import busy_cpus, busy_warning, device_description, device_slug
@@ -82,15 +83,15 @@ from ..evaluation.selection import (
     choose,
     fastest,
     latency_madds_correlation,
-    load_published_accuracy,
     pareto_front,
     published_accuracy,
 )
+from ..models.pretrained import imagenet_weights
 from . import report_errors
 from .select_report import ROW_HEADERS, budget_str, markdown_table, plot, row, write_csv
 
 ACCURACY_NOTE = ("Top-1 = published ImageNet-1k accuracy of the original checkpoints (source of every row in "
-                 "mobilevision/evaluation/imagenet_accuracy.csv), not measured here; latencies are measured here "
+                 "mobilevision/backbones/published_top1.csv), not measured here; latencies are measured here "
                  "with random weights.")
 
 
@@ -318,7 +319,7 @@ def write_config(pick: Candidate, task: str, path: Path, header: Sequence[str]) 
 def select_points(args: argparse.Namespace) -> list[GridPoint]:
     if args.task == "classification" and args.sizes != list(DETECTION_SIZES):
         raise UserError("--sizes is for --task ssdlite (the classification grid has its published resolutions)")
-    points = candidate_grid(args.task, args.families, args.sizes)
+    points = candidate_grid(args.task, load_published_top1(), args.families, args.sizes)
     if args.candidates:
         by_name = {p.name: p for p in points}
         unknown = [n for n in args.candidates if n not in by_name]
@@ -380,7 +381,7 @@ def _run(args: argparse.Namespace, points: Sequence[GridPoint], console,
     else:
         cached = _measured(args, points, threads, console)
         device = device_description()
-    table = load_published_accuracy()
+    table = load_published_top1()
     candidates = []
     for p in points:
         e = cached[p.name]
@@ -482,8 +483,6 @@ def _run(args: argparse.Namespace, points: Sequence[GridPoint], console,
 def weights_note(pick: Candidate) -> str:
     """Which ImageNet weights can bring the pick near the quoted top-1 (only what ``backbone_weights: imagenet``
     loads; the quoted figure is the published checkpoint's)."""
-    from ..models.pretrained import imagenet_weights
-
     what = "the backbone" if pick.point.task == "ssdlite" else "the classifier"
     source = imagenet_weights(pick.point.backbone, pick.point.width)
     if source is None:

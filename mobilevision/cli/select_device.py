@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserError
-from ..evaluation.selection import GridPoint, load_published_accuracy, published_accuracy
+from ..backbones import load_published_top1
+from ..evaluation.selection import GridPoint, published_accuracy
 
 __all__ = ["MANIFEST_COLUMNS", "device_entries", "export_candidates", "read_device_latencies"]
 
@@ -39,7 +40,7 @@ def export_candidates(points: Sequence[GridPoint], args: argparse.Namespace, con
         raise UserError(f"--int8 is not available for {fmt.name} files")
     out: Path = args.export_candidates
     out.mkdir(parents=True, exist_ok=True)
-    table = load_published_accuracy()
+    table = load_published_top1()
     rows = []
     t0 = time.perf_counter()
     for i, point in enumerate(points, 1):

@@ -25,13 +25,14 @@ from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.callbacks import LearningRateMonitor, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from ..backbones import check_backbone_kwargs, list_backbones
+from ..backbones import check_backbone_kwargs, get_backbone_cfg, list_backbones
 from ..errors import UserError
+from ..data.attributes import AttributesDataModule
 from ..data.classification import ClassificationDataModule
 from ..data.detection_datamodule import CocoDetectionDataModule
 from ..data.geolocalization import GeolocalizationDataModule
 from ..data.segmentation import SegmentationDataModule
-from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask, SegmentationTask
+from ..tasks import AttributesTask, ClassificationTask, DetectionTask, GeolocalizationTask, SegmentationTask
 from ..tasks._progress import TrainingProgressBar
 from ..tasks.checkpoint import TrainingCheckpoint
 
@@ -60,6 +61,8 @@ TASKS = {
                                 "val/acc_750km", ("partition_state->partition", "image_size")),
     "segmentation": TaskSpec(SegmentationTask, SegmentationDataModule, "segmentation/shapes.yaml", "val/miou",
                              ("num_classes", "image_size", "class_names")),
+    "attributes": TaskSpec(AttributesTask, AttributesDataModule, "attributes/glyph_attributes.yaml", "val/map",
+                           ("num_attributes", "image_size", "attribute_names")),
 }
 
 
@@ -119,6 +122,22 @@ class MobileVisionCLI(LightningCLI):
             check_backbone_kwargs(name, knobs)
         except ValueError as e:
             raise BackboneChoiceError(str(e)) from None
+        weights = init.get("backbone_weights")
+        if isinstance(weights, str) and weights.lower() == "imagenet":
+            self._use_weights_pipeline(name, config.get("data"))
+
+    @staticmethod
+    def _use_weights_pipeline(backbone: str, data) -> None:
+        """A model that starts from ImageNet weights sees its images as those weights were trained on: the data
+        options left unset (None) take the backbone's mean / std / resize_ratio / interpolation
+        (:meth:`~mobilevision.backbones.BackboneCfg.data_config`); the ones set on the command line or in the
+        recipe stay."""
+        init = data.get("init_args") if data is not None else None
+        if init is None:
+            return
+        for key, value in get_backbone_cfg(backbone).data_config().items():
+            if key in init and init[key] is None:
+                init[key] = value
 
 
 class BackboneChoiceError(UserError):

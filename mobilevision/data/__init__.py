@@ -48,6 +48,9 @@ from .classification import (
 
 from .geolocalization import GEO_DATASETS, GeoImageDataset, GeolocalizationDataModule, GeoSamples, read_geotagged_list
 from .geoscenes import ensure_geoscenes_dataset, render_geoscene
+from .glyph_attributes import GLYPH_ATTRIBUTES, ensure_glyph_attributes_dataset
+from .attributes import (ATTRIBUTE_DATASETS, AttributeSamples, AttributesDataModule, AttributesDataset,
+                         read_attribute_csv, read_celeba)
 from .segmentation import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
@@ -64,6 +67,14 @@ from .segmentation import (
 )
 
 __all__ = [
+    "ATTRIBUTE_DATASETS",
+    "GLYPH_ATTRIBUTES",
+    "AttributeSamples",
+    "AttributesDataModule",
+    "AttributesDataset",
+    "ensure_glyph_attributes_dataset",
+    "read_attribute_csv",
+    "read_celeba",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SHAPES_CATEGORIES",

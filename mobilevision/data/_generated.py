@@ -15,7 +15,8 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable, Iterable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,27 @@ def data_home() -> Path:
 def embedded_root(name: str, root: str | os.PathLike | None = None) -> str:
     """``root`` when given, else the folder of the embedded dataset ``name`` under :func:`data_home`."""
     return os.fspath(root) if root is not None else str(data_home() / name)
+
+
+def default_workers(num_jobs: int) -> int:
+    """Processes for rendering ``num_jobs`` images: 1 below 200, else the CPUs this process may use (at most 8)."""
+    if num_jobs < 200:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+def render_all(render: Callable[[Any], Any], jobs: Sequence[Any], workers: int | None = None) -> list[Any]:
+    """``[render(job) for job in jobs]``, in order, over ``workers`` processes (default :func:`default_workers`);
+    every image is rendered from its own seeded stream, so the result does not depend on the number of workers."""
+    workers = default_workers(len(jobs)) if workers is None else int(workers)
+    if workers <= 1:
+        return [render(job) for job in jobs]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(render, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
 
 
 def manifest_matches(manifest: Path, params: dict[str, Any]) -> bool:

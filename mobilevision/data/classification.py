@@ -1,6 +1,6 @@
 """Image classification data: albumentations pipelines, image-folder / benchmark datasets, a data module.
 
-Batches are ``(images float32 [B, 3, S, S] normalized with ImageNet mean/std, labels int64 [B])``.
+Batches are ``(images float32 [B, 3, S, S] normalized with mean / std (default ImageNet's), labels int64 [B])``.
 
 Pipelines (``S`` = ``image_size``, the resolution multiplier: any size works):
 
@@ -9,7 +9,9 @@ Pipelines (``S`` = ``image_size``, the resolution multiplier: any size works):
   rotate / shear / translate, brightness / contrast / saturation, sharpen, posterize, solarize,
   equalize, autocontrast);
 * train ``"none"`` and eval: ``SmallestMaxSize(int(S / resize_ratio))`` + ``CenterCrop(S)`` (the
-  usual 0.875 "resize 256, crop 224" protocol).
+  usual 0.875 "resize 256, crop 224" protocol); images are enlarged by ``interpolation`` (bilinear or bicubic) and
+  shrunk by area averaging. The train command sets mean / std / resize_ratio / interpolation to those of the
+  backbone's ImageNet weights when the model starts from them (:meth:`mobilevision.backbones.BackboneCfg.data_config`).
 
 Input handling (never a silent label shift or a silently wrong sample):
 
@@ -48,7 +50,12 @@ from .glyphs import GLYPH_CLASSES, ensure_glyphs_dataset
 from ._datamodule import TrainValDataModule
 from ._generated import embedded_root
 from .image_io import IMAGE_EXTENSIONS, check_image_headers, load_rgb_image, walk_image_files
-from .transforms import AREA_FOR_DOWNSCALE, IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops
+import cv2
+
+from .transforms import (AREA_FOR_DOWNSCALE, IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops,
+                         resolve_crop, resolve_normalization)
+
+_CV2_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 
 import albumentations as A  # noqa: E402  (imported after .transforms, which disables the update check)
 
@@ -126,6 +133,7 @@ def classification_eval_transforms(
     *,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
     to_tensor: bool = True,
 ) -> ClassificationTransform:
     """Resize the short side to ``int(image_size / resize_ratio)``, center-crop ``image_size``, normalize.
@@ -133,10 +141,10 @@ def classification_eval_transforms(
     ``to_tensor=False`` stops after the crop (uint8 HxWx3 output), for inspection and tests.
     """
     image_size = _check_size(image_size)
-    if not 0.0 < resize_ratio <= 1.0:
-        raise UserError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
+    resize_ratio, interpolation = resolve_crop(resize_ratio, interpolation)
     resize = max(image_size, int(image_size / resize_ratio))
-    ops = [A.SmallestMaxSize(max_size=resize, area_for_downscale=AREA_FOR_DOWNSCALE), A.CenterCrop(image_size, image_size)]
+    ops = [A.SmallestMaxSize(max_size=resize, interpolation=_CV2_INTERPOLATION[interpolation],
+                             area_for_downscale=AREA_FOR_DOWNSCALE), A.CenterCrop(image_size, image_size)]
     return ClassificationTransform(ops + normalize_ops(mean, std, to_tensor), deterministic=True)
 
 
@@ -148,6 +156,7 @@ def classification_train_transforms(
     resize_ratio: float = 0.875,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
     to_tensor: bool = True,
     hflip: bool = True,
 ) -> ClassificationTransform:
@@ -159,12 +168,14 @@ def classification_train_transforms(
     if augment not in CLASSIFICATION_AUGMENTS:
         raise UserError(f"augment must be one of {CLASSIFICATION_AUGMENTS}, got {augment!r}")
     if augment == "none":
-        return classification_eval_transforms(image_size, resize_ratio, mean=mean, std=std, to_tensor=to_tensor)
+        return classification_eval_transforms(image_size, resize_ratio, mean=mean, std=std,
+                                              interpolation=interpolation, to_tensor=to_tensor)
     image_size = _check_size(image_size)
     if not 0.0 < min_crop_scale <= 1.0:
         raise UserError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}")
     ops: list[A.BasicTransform] = [
         A.RandomResizedCrop(size=(image_size, image_size), scale=(float(min_crop_scale), 1.0),
+                            interpolation=_CV2_INTERPOLATION[resolve_crop(None, interpolation)[1]],
                             area_for_downscale=AREA_FOR_DOWNSCALE),
         A.HorizontalFlip(p=0.5 if hflip else 0.0),
     ]
@@ -339,7 +350,9 @@ class ClassificationDataModule(TrainValDataModule):
             (see :mod:`mobilevision.data.finegrained`; nothing is downloaded).
         root: dataset root.
         image_size: network input side S (the resolution multiplier; any size works).
-        resize_ratio: evaluation resize: short side to ``int(S / resize_ratio)``, then center crop S.
+        resize_ratio: evaluation resize: short side to ``int(S / resize_ratio)``, then center crop S (None: 0.875).
+        interpolation: how images are enlarged, ``"bilinear"`` or ``"bicubic"`` (None: bilinear).
+        mean / std: normalization, RGB in [0, 1] (None: ImageNet's).
         batch_size: training and evaluation batch size.
         num_workers: DataLoader workers.
         augment: ``"standard"`` (random resized crop + flip), ``"randaugment"`` (+ two
@@ -362,7 +375,10 @@ class ClassificationDataModule(TrainValDataModule):
         dataset: str = "glyphs",
         root: str | None = None,
         image_size: int = 224,
-        resize_ratio: float = 0.875,
+        resize_ratio: float | None = None,
+        interpolation: str | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         batch_size: int = 64,
         num_workers: int = 2,
         augment: str = "standard",
@@ -381,8 +397,8 @@ class ClassificationDataModule(TrainValDataModule):
             raise UserError(f"dataset must be one of {CLASSIFICATION_DATASETS}, got {dataset!r}")
         if augment not in CLASSIFICATION_AUGMENTS:
             raise UserError(f"augment must be one of {CLASSIFICATION_AUGMENTS}, got {augment!r}")
-        if not 0.0 < resize_ratio <= 1.0:
-            raise UserError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
+        self.resize_ratio, self.interpolation = resolve_crop(resize_ratio, interpolation)
+        self.mean, self.std = resolve_normalization(mean, std)
         if not 0.0 < min_crop_scale <= 1.0:
             raise UserError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}")
         if root is None and dataset not in ("glyphs",):
@@ -390,7 +406,6 @@ class ClassificationDataModule(TrainValDataModule):
         self.dataset = dataset
         self.root = embedded_root("glyphs", root) if dataset == "glyphs" else str(root)
         self.image_size = _check_size(image_size)
-        self.resize_ratio = float(resize_ratio)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.augment = augment
@@ -470,6 +485,11 @@ class ClassificationDataModule(TrainValDataModule):
         if self.dataset == "glyphs":
             ensure_glyphs_dataset(self.root, **self.glyphs_kwargs)
 
+    @property
+    def _pipeline(self) -> dict[str, Any]:
+        return {"resize_ratio": self.resize_ratio, "interpolation": self.interpolation, "mean": self.mean,
+                "std": self.std}
+
     def setup(self, stage: str | None = None) -> None:
         if self.dataset == "glyphs":
             # Idempotent and cheap when present; covers setup() without prepare_data().
@@ -479,18 +499,18 @@ class ClassificationDataModule(TrainValDataModule):
                 self.image_size,
                 self.augment,
                 min_crop_scale=self.min_crop_scale,
-                resize_ratio=self.resize_ratio,
+                **self._pipeline,
             )
             self.train_dataset = ClassificationDataset(self._split("train"), transform, cache_images=self.cache_images)
             self._class_names = self.train_dataset.class_names
         if stage in (None, "fit", "validate", "test", "predict") and self.val_dataset is None:
-            transform = classification_eval_transforms(self.image_size, self.resize_ratio)
+            transform = classification_eval_transforms(self.image_size, **self._pipeline)
             self.val_dataset = ClassificationDataset(self._split("val"), transform, cache_images=self.cache_images)
         if stage == "predict" and self.predict_dataset is None:
             if self.predict_images is not None:
                 samples = _list_images(self.predict_images)
                 samples.class_names = self.class_names
-                transform = classification_eval_transforms(self.image_size, self.resize_ratio)
+                transform = classification_eval_transforms(self.image_size, **self._pipeline)
                 self.predict_dataset = ClassificationDataset(samples, transform)
             else:
                 self.predict_dataset = self.val_dataset

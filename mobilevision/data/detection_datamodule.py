@@ -17,7 +17,8 @@ from ._datamodule import TrainValDataModule
 from ._generated import embedded_root
 from .image_io import IMAGE_EXTENSIONS, load_rgb_image, walk_image_files
 from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_paths
-from .transforms import AUGMENT_POLICIES, DetectionTransform, detection_eval_transforms, detection_train_transforms
+from .transforms import (AUGMENT_POLICIES, DetectionTransform, detection_eval_transforms, detection_train_transforms,
+                         resolve_normalization)
 
 __all__ = ["CocoDetectionDataModule", "ImageFolderDataset", "detection_collate"]
 
@@ -97,6 +98,7 @@ class CocoDetectionDataModule(TrainValDataModule):
         zoom_out_max: maximum zoom-out factor of the ``"ssd"`` policy.
         predict_images: folder of images for ``predict``; default: the validation set.
         pin_memory: DataLoader ``pin_memory``.
+        mean / std: normalization, RGB in [0, 1] (None: ImageNet's).
         shapes_root / shapes_num_train / shapes_num_val / shapes_image_size / shapes_seed: the
             embedded dataset's location and generation parameters.
     """
@@ -116,6 +118,8 @@ class CocoDetectionDataModule(TrainValDataModule):
         zoom_out_max: float = 2.0,
         predict_images: str | None = None,
         pin_memory: bool = False,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         shapes_root: str | None = None,
         shapes_num_train: int = 2000,
         shapes_num_val: int = 200,
@@ -125,6 +129,7 @@ class CocoDetectionDataModule(TrainValDataModule):
         super().__init__()
         self.save_hyperparameters()  # stored in checkpoints: mobilevision eval finds the data a model was trained on
         self.collate_fn = detection_collate
+        self.mean, self.std = resolve_normalization(mean, std)
         paths = (train_images, train_annotations, val_images, val_annotations)
         if any(p is not None for p in paths) and not all(p is not None for p in paths):
             raise UserError(
@@ -235,7 +240,8 @@ class CocoDetectionDataModule(TrainValDataModule):
             self.train_dataset = CocoDetection(
                 self.train_images,
                 self._train_coco if self._train_coco is not None else self.train_annotations,
-                detection_train_transforms(self.image_size, self.augment, zoom_out_max=self.zoom_out_max),
+                detection_train_transforms(self.image_size, self.augment, zoom_out_max=self.zoom_out_max,
+                                           mean=self.mean, std=self.std),
                 categories=categories,
                 skip_other_categories=self.drop_empty_categories,
                 cache_images=self.cache_images,
@@ -248,7 +254,7 @@ class CocoDetectionDataModule(TrainValDataModule):
             self.val_dataset = CocoDetection(
                 self.val_images,
                 self.val_annotations,
-                detection_eval_transforms(self.image_size),
+                detection_eval_transforms(self.image_size, mean=self.mean, std=self.std),
                 categories=categories,
                 skip_other_categories=self.drop_empty_categories,
                 cache_images=self.cache_images,
@@ -257,6 +263,7 @@ class CocoDetectionDataModule(TrainValDataModule):
             self._categories = self.val_dataset.categories  # (names filled in where use_categories had none)
         if stage == "predict" and self.predict_dataset is None:
             if self.predict_images is not None:
-                self.predict_dataset = ImageFolderDataset(self.predict_images, detection_eval_transforms(self.image_size))
+                self.predict_dataset = ImageFolderDataset(
+                    self.predict_images, detection_eval_transforms(self.image_size, mean=self.mean, std=self.std))
             else:
                 self.predict_dataset = self.val_dataset

@@ -30,6 +30,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -42,6 +43,7 @@ from ..geo.cells import CellPartition, build_partition
 from ._datamodule import TrainValDataModule
 from ._generated import embedded_root
 from .classification import CLASSIFICATION_AUGMENTS, classification_eval_transforms, classification_train_transforms
+from .transforms import resolve_crop, resolve_normalization
 from .image_io import ImageDecodeError, check_files_exist, check_image_headers, load_rgb_image, missing_files
 
 __all__ = [
@@ -244,7 +246,7 @@ class GeolocalizationDataModule(TrainValDataModule):
         max_per_cell, min_per_cell, min_level, max_level: the partition
             (:func:`~mobilevision.geo.build_partition`), built from the training list's coordinates.
         bad_rows: ``"error"`` or ``"skip"`` (see the module docstring).
-        image_size, resize_ratio, augment, min_crop_scale, hflip: the image pipelines of
+        image_size, resize_ratio, interpolation, mean, std, augment, min_crop_scale, hflip: the image pipelines of
             :mod:`mobilevision.data.classification` (random resized crop + optional flip for training).
         cache_images: decode the images once and keep them in memory (small datasets).
         geoscenes_train / geoscenes_val / geoscenes_image_size / geoscenes_seed: the embedded dataset's
@@ -268,7 +270,10 @@ class GeolocalizationDataModule(TrainValDataModule):
         max_level: int = 30,
         bad_rows: BadRows = "error",
         image_size: int = 96,
-        resize_ratio: float = 0.875,
+        resize_ratio: float | None = None,
+        interpolation: str | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         augment: str = "standard",
         min_crop_scale: float = 0.5,
         hflip: bool = True,
@@ -307,7 +312,8 @@ class GeolocalizationDataModule(TrainValDataModule):
                                  "min_level": int(min_level), "max_level": int(max_level)}
         self.bad_rows = bad_rows
         self.image_size = int(image_size)
-        self.resize_ratio = float(resize_ratio)
+        self.resize_ratio, self.interpolation = resolve_crop(resize_ratio, interpolation)
+        self.mean, self.std = resolve_normalization(mean, std)
         self.augment = augment
         self.min_crop_scale = float(min_crop_scale)
         self.hflip = bool(hflip)
@@ -362,12 +368,14 @@ class GeolocalizationDataModule(TrainValDataModule):
         self.train_dataset = self.val_dataset = self.predict_dataset = None
 
     def _dataset(self, samples: GeoSamples, train: bool) -> GeoImageDataset:
+        pipeline = {"resize_ratio": self.resize_ratio, "interpolation": self.interpolation, "mean": self.mean,
+                    "std": self.std}
         if train:
             transform = classification_train_transforms(self.image_size, self.augment,
-                                                        min_crop_scale=self.min_crop_scale,
-                                                        resize_ratio=self.resize_ratio, hflip=self.hflip)
+                                                        min_crop_scale=self.min_crop_scale, hflip=self.hflip,
+                                                        **pipeline)
         else:
-            transform = classification_eval_transforms(self.image_size, self.resize_ratio)
+            transform = classification_eval_transforms(self.image_size, **pipeline)
         cells = self.partition.assign(samples.latitude, samples.longitude)
         return GeoImageDataset(samples, cells, transform, cache_images=self.cache_images)
 

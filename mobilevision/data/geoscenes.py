@@ -57,7 +57,6 @@ import functools
 import logging
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +66,7 @@ from PIL import Image, ImageDraw
 from ..errors import UserError
 from ..geo.cities import load_cities
 from ..geo.distance import EARTH_RADIUS_KM
-from . import shapes as _shapes
-from ._generated import build_generated_dataset, embedded_root, folder_holds, manifest_matches
+from ._generated import build_generated_dataset, embedded_root, folder_holds, manifest_matches, render_all
 
 __all__ = [
     "GEOSCENES_GENERATOR_VERSION",
@@ -523,12 +521,7 @@ def ensure_geoscenes_dataset(
         for split, n in (("train", num_train), ("val", num_val)):
             (tmp / "images" / split).mkdir(parents=True, exist_ok=True)
             jobs += [(str(tmp), split, int(seed), i, int(image_size), int(jpeg_quality)) for i in range(n)]
-        n_workers = _shapes._default_workers(len(jobs)) if workers is None else int(workers)
-        if n_workers > 1:
-            with ProcessPoolExecutor(max_workers=n_workers) as pool:
-                places = list(pool.map(_render_to_file, jobs, chunksize=max(1, len(jobs) // (n_workers * 8))))
-        else:
-            places = [_render_to_file(j) for j in jobs]
+        places = render_all(_render_to_file, jobs, workers)
         for split, n in (("train", num_train), ("val", num_val)):
             split_places, places = places[:n], places[n:]
             with open(tmp / f"{split}.csv", "w", newline="") as f:

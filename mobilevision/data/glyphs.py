@@ -42,7 +42,6 @@ import colorsys
 import logging
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import UserError
 from . import shapes as _shapes
-from ._generated import build_generated_dataset, embedded_root, folder_holds, manifest_matches
+from ._generated import build_generated_dataset, embedded_root, folder_holds, manifest_matches, render_all
 
 __all__ = [
     "GLYPH_CLASSES",
@@ -108,13 +107,15 @@ def _band(x0: float, x1: float, a: float, b: float, shrink: float = 0.9) -> np.n
     return np.concatenate([np.stack([xs, -ys], 1), np.stack([xs[::-1], ys[::-1]], 1)])
 
 
-def _creature_parts(rng: np.random.Generator, species: str) -> list[tuple[str, str, np.ndarray, float]]:
-    """Primitives in body-length units, facing +x, body centre at 0, y down.
+def _creature_parts(rng: np.random.Generator,
+                    traits: tuple[str, str, str, bool]) -> list[tuple[str, str, np.ndarray, float]]:
+    """Primitives in body-length units, facing +x, body centre at 0, y down, for ``traits`` =
+    ``(markings, tail, eye, crest)`` (see :data:`GLYPH_TRAITS`).
 
     Returns ``(kind, colour role, points, width)`` with kind ``"poly"`` (filled polygon) or
     ``"line"`` (polyline of the given width), drawn in order.
     """
-    markings, tail, eye, crest = GLYPH_TRAITS[species]
+    markings, tail, eye, crest = traits
     a = 0.27 * rng.uniform(0.95, 1.05)  # body half length
     b = rng.uniform(0.13, 0.155)  # body half height
     hr = 0.11 * rng.uniform(0.93, 1.07)  # head radius
@@ -193,22 +194,28 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 
 def render_glyph_image(
     rng: np.random.Generator | int,
-    species: str,
+    species: str | None,
     image_size: int = 128,
     *,
     noise: bool = True,
     flat_background: bool = False,
+    traits: tuple[str, str, str, bool] | None = None,
 ) -> np.ndarray:
     """Render one ``image_size`` x ``image_size`` RGB uint8 image of ``species``.
 
     Args:
         rng: a numpy Generator or an int seed.
-        species: one of ``GLYPH_CLASSES``.
+        species: one of ``GLYPH_CLASSES``; None with ``traits``.
         noise: add Gaussian pixel noise, clutter and distractor dots (off: debug / tests).
         flat_background: a single flat background colour.
+        traits: ``(markings, tail, eye, crest)`` of any combination instead of a species' (the attributes
+            dataset): markings ``none`` / ``stripes2`` / ``stripes3`` / ``spots``, tail ``straight`` / ``forked``
+            / ``curled``, eye ``dark`` / ``red``, crest a bool.
     """
-    if species not in GLYPH_TRAITS:
-        raise UserError(f"unknown glyph species {species!r}; choose one of {GLYPH_CLASSES}")
+    if traits is None:
+        if species not in GLYPH_TRAITS:
+            raise UserError(f"unknown glyph species {species!r}; choose one of {GLYPH_CLASSES}")
+        traits = GLYPH_TRAITS[species]
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     size = int(image_size)
@@ -216,7 +223,7 @@ def render_glyph_image(
     if noise and not flat_background and rng.random() < 0.3:
         img = _shapes._clutter(rng, img)
 
-    parts = _creature_parts(rng, species)
+    parts = _creature_parts(rng, traits)
     all_pts = np.concatenate([p[2] for p in parts])
     length = rng.uniform(0.55, 0.78) * size
     angle = math.radians(rng.uniform(-35.0, 35.0))
@@ -379,13 +386,7 @@ def ensure_glyphs_dataset(
             for c, species in enumerate(GLYPH_CLASSES):
                 (tmp / split / species).mkdir(parents=True, exist_ok=True)
                 jobs += [(str(tmp), split, int(seed), c, i, int(image_size), int(jpeg_quality)) for i in range(n)]
-        n_workers = _shapes._default_workers(len(jobs)) if workers is None else int(workers)
-        if n_workers > 1:
-            with ProcessPoolExecutor(max_workers=n_workers) as pool:
-                list(pool.map(_render_to_file, jobs, chunksize=max(1, len(jobs) // (n_workers * 8))))
-        else:
-            for j in jobs:
-                _render_to_file(j)
+        render_all(_render_to_file, jobs, workers)
 
     build_generated_dataset(root, params, MANIFEST_NAME, _is_complete, render, "glyphs", force)
     return glyphs_paths(root)

@@ -5,7 +5,7 @@ borders, ADE20K's "other", Cityscapes' void classes, the padding of training cro
 
 Batches (:func:`segmentation_collate`):
 
-* train: ``(images float32 [B, 3, S, S] normalized with ImageNet mean/std, masks int64 [B, S, S])``, ``S`` the
+* train: ``(images float32 [B, 3, S, S] normalized with mean / std (default ImageNet's), masks int64 [B, S, S])``, ``S`` the
   crop size; the DeepLab recipe: random rescale in ``[scale_min, scale_max]`` (image bilinear, mask nearest), pad
   bottom / right to ``S`` (image: the mean colour, mask: 255), random ``S x S`` crop, horizontal flip, light
   photometric jitter;
@@ -73,7 +73,8 @@ from .segmentation_files import (  # noqa: F401  (re-exported: the segmentation 
     read_roboflow_classes,
 )
 from .shapes import SHAPES_SEGMENTATION_CLASSES, ensure_shapes_dataset, shapes_paths
-from .transforms import AREA_FOR_DOWNSCALE, IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops
+from .transforms import (AREA_FOR_DOWNSCALE, IMAGENET_MEAN, IMAGENET_STD, SeededTransform, mean_fill, normalize_ops,
+                         resolve_normalization)
 
 import albumentations as A  # noqa: E402  (imported after .transforms, which disables the update check)
 import cv2  # noqa: E402
@@ -317,6 +318,7 @@ class SegmentationDataModule(TrainValDataModule):
         eval_size: evaluation images resized to this shorter side; None: full resolution (the usual protocol).
         hflip / vflip / photometric: training horizontal flip / vertical flip (scenes without an up, such as
             shapes) / light colour jitter.
+        mean / std: normalization, RGB in [0, 1] (None: ImageNet's).
         batch_size: training batch size.
         eval_batch_size: validation / test / predict batch size (images padded to the batch's largest); None:
             ``batch_size`` for shapes (one image size), 1 otherwise.
@@ -357,6 +359,8 @@ class SegmentationDataModule(TrainValDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         pin_memory: bool = False,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         voc_sbd: bool = True,
         sbd_root: str | None = None,
         skip_bad: bool = False,
@@ -393,6 +397,7 @@ class SegmentationDataModule(TrainValDataModule):
         self.scale_min, self.scale_max = float(scale_min), float(scale_max)
         self.eval_size = None if eval_size is None else int(eval_size)
         self.hflip, self.vflip, self.photometric = bool(hflip), bool(vflip), bool(photometric)
+        self.mean, self.std = resolve_normalization(mean, std)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size if eval_batch_size is not None else
                                    (batch_size if dataset == "shapes" else 1))
@@ -567,16 +572,18 @@ class SegmentationDataModule(TrainValDataModule):
         common = {"num_classes": self.num_classes, "skip_bad": self.skip_bad, "cache_images": self.cache_images}
         if stage in (None, "fit") and self.train_dataset is None:
             transform = segmentation_train_transforms(self.crop_size, self.scale_min, self.scale_max, hflip=self.hflip,
-                                                      vflip=self.vflip, photometric=self.photometric)
+                                                      vflip=self.vflip, photometric=self.photometric,
+                                                      mean=self.mean, std=self.std)
             self.train_dataset = SegmentationDataset(self._samples("train"), transform, train=True, **common)
         evaluate = stage in (None, "fit", "validate", "test") or (stage == "predict" and self.predict_images is None)
         if evaluate and self.val_dataset is None:
-            self.val_dataset = SegmentationDataset(self._samples("val"), segmentation_eval_transforms(self.eval_size),
-                                                   **common)
+            eval_transform = segmentation_eval_transforms(self.eval_size, mean=self.mean, std=self.std)
+            self.val_dataset = SegmentationDataset(self._samples("val"), eval_transform, **common)
         if stage == "predict" and self.predict_dataset is None:
             if self.predict_images is not None:
                 self.predict_dataset = SegmentationDataset(image_folder_samples(self.predict_images, self.class_names),
-                                                           segmentation_eval_transforms(self.eval_size),
+                                                           segmentation_eval_transforms(self.eval_size, mean=self.mean,
+                                                                                        std=self.std),
                                                            num_classes=self.num_classes)
             else:
                 self.predict_dataset = self.val_dataset

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import UserError
-from ._generated import build_generated_dataset, embedded_root, folder_holds, manifest_matches
+from ._generated import build_generated_dataset, embedded_root, folder_holds, manifest_matches, render_all
 from ..masks import save_index_mask
 
 __all__ = [
@@ -387,12 +386,7 @@ def generate_shapes_split(
         Path(mask_dir).mkdir(parents=True, exist_ok=True)
     masks = None if mask_dir is None else str(mask_dir)
     jobs = [(str(out_dir), masks, split, int(seed), i, int(image_size), int(jpeg_quality)) for i in range(num_images)]
-    workers = _default_workers(num_images) if workers is None else workers
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_render_to_file, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
-    else:
-        results = [_render_to_file(j) for j in jobs]
+    results = render_all(_render_to_file, jobs, workers)
 
     images, annotations = [], []
     for i, objs in enumerate(results):
@@ -415,16 +409,6 @@ def generate_shapes_split(
     with open(annotation_file, "w") as f:
         json.dump(coco, f, separators=(",", ":"))
     return coco
-
-
-def _default_workers(num_images: int) -> int:
-    if num_images < 200:
-        return 1
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
 
 
 def shapes_paths(root: str | Path | None = None) -> dict[str, str]:

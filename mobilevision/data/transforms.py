@@ -41,6 +41,7 @@ from albumentations.augmentations.crops.transforms import BaseCrop  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from ..errors import UserError
+from ..imagenet import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 
 __all__ = [
     "AUGMENT_POLICIES",
@@ -52,13 +53,36 @@ __all__ = [
     "ZoomOut",
     "detection_eval_transforms",
     "mean_fill",
+    "resolve_crop",
+    "resolve_normalization",
     "normalize_ops",
     "detection_train_transforms",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENT_POLICIES = ("none", "flip", "flips", "ssdlite", "ssd")
+
+
+def resolve_normalization(mean: Sequence[float] | None,
+                          std: Sequence[float] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` as the data modules take them: None is ImageNet's (:mod:`mobilevision.imagenet`); three
+    channel values each, std positive, in the [0, 1] scale of the image."""
+    mean = IMAGENET_MEAN if mean is None else tuple(float(m) for m in mean)
+    std = IMAGENET_STD if std is None else tuple(float(s) for s in std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or not all(-1.0 <= m <= 2.0 for m in mean):
+        raise UserError(f"mean and std are three RGB values in the [0, 1] scale (std > 0), got mean {list(mean)}, "
+                        f"std {list(std)}")
+    return mean, std
+
+
+def resolve_crop(resize_ratio: float | None, interpolation: str | None) -> tuple[float, str]:
+    """``(resize_ratio, interpolation)`` of the center-crop pipelines: None is the standard 0.875 / bilinear."""
+    ratio = DEFAULT_CROP_PCT if resize_ratio is None else float(resize_ratio)
+    interp = DEFAULT_INTERPOLATION if interpolation is None else str(interpolation)
+    if not 0.0 < ratio <= 1.0:
+        raise UserError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
+    if interp not in INTERPOLATIONS:
+        raise UserError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    return ratio, interp
 
 
 def mean_fill(mean: Sequence[float] = IMAGENET_MEAN) -> tuple[int, ...]:

@@ -1,5 +1,5 @@
-"""One adapter per task: what deployment does differently for detection, classification, geolocalization and
-segmentation, in one class each. The metadata a model file carries, the results a prediction gives, the validation
+"""One adapter per task: what deployment does differently for detection, classification, geolocalization,
+segmentation and attributes, in one class each. The metadata a model file carries, the results a prediction gives, the validation
 data of a checkpoint, the metrics an exported file is scored with and the figures a command prints all come from the
 adapter of the model's task (``ADAPTERS[meta["task"]]``); a new task is one more class here (and its writer in
 ``mobilevision predict``).
@@ -19,9 +19,10 @@ import torch.nn.functional as F
 
 from ..detection.postprocess import scale_boxes, select_detections
 from ..geo.distance import locations_from_logits
+from ..imagenet import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION
 from .preprocess import letterbox_shape
 
-__all__ = ["ADAPTERS", "ClassificationAdapter", "DetectionAdapter", "GeolocalizationAdapter",
+__all__ = ["ADAPTERS", "AttributesAdapter", "ClassificationAdapter", "DetectionAdapter", "GeolocalizationAdapter",
            "SegmentationAdapter", "TaskAdapter", "adapter_for"]
 
 
@@ -149,9 +150,16 @@ class _CenterCropAdapter(TaskAdapter):
     """Classification and geolocalization: one image, one logits vector, validated center-cropped."""
 
     @staticmethod
-    def _crop_metadata(data_hp) -> dict[str, Any]:
-        ratio = float(data_hp.get("resize_ratio", 0.875))
-        return {"preprocess": {"resize": "short_side_center_crop", "resize_ratio": ratio}, "outputs": ["logits"]}
+    def _crop_metadata(data_hp, names: Sequence[str] | None = None, count: int | None = None) -> dict[str, Any]:
+        """The center-crop preprocessing of the data options, and with ``count`` the output names (``names``, or
+        "0", "1", ... without)."""
+        ratio = float(data_hp.get("resize_ratio") or DEFAULT_CROP_PCT)
+        interpolation = data_hp.get("interpolation") or DEFAULT_INTERPOLATION
+        meta: dict[str, Any] = {"preprocess": {"resize": "short_side_center_crop", "resize_ratio": ratio,
+                                               "interpolation": interpolation}, "outputs": ["logits"]}
+        if count is not None:
+            meta["class_names"] = list(names) if names else [str(i) for i in range(count)]
+        return meta
 
 
 class ClassificationAdapter(_CenterCropAdapter):
@@ -159,10 +167,7 @@ class ClassificationAdapter(_CenterCropAdapter):
 
     @staticmethod
     def metadata(task, data_hp):
-        hp = task.hparams
-        meta = ClassificationAdapter._crop_metadata(data_hp)
-        meta["class_names"] = list(hp.class_names) if hp.class_names else [str(i) for i in range(hp.num_classes)]
-        return meta
+        return ClassificationAdapter._crop_metadata(data_hp, task.hparams.class_names, task.hparams.num_classes)
 
     def results(self, outputs, sizes, score_thresh):
         probs = outputs["logits"].float().softmax(dim=1)
@@ -198,6 +203,41 @@ class ClassificationAdapter(_CenterCropAdapter):
     @staticmethod
     def headline(stats):
         return {"top1": stats["acc1"], "top5": stats["acc5"]}
+
+
+class AttributesAdapter(_CenterCropAdapter):
+    """Multi-label attributes: one logit per attribute, a sigmoid each."""
+
+    kind = "attributes"
+
+    @staticmethod
+    def metadata(task, data_hp):
+        return AttributesAdapter._crop_metadata(data_hp, task.hparams.attribute_names, task.hparams.num_attributes)
+
+    def results(self, outputs, sizes, score_thresh):
+        probs = outputs["logits"].float().sigmoid()
+        return [{"probs": p.numpy(), "present": [self.name(i) for i, v in enumerate(p) if v >= 0.5]}
+                for p in probs]
+
+    @staticmethod
+    def datamodule(task, args):
+        from ..data.attributes import AttributesDataModule
+
+        return AttributesDataModule(**args)
+
+    def metrics(self, dm):
+        from ..evaluation.attributes import AttributeMetrics
+
+        return AttributeMetrics(self.names)
+
+    update = ClassificationAdapter.update  # the probabilities against the batch's labels
+
+    def summarize(self, metrics):
+        return metrics.compute()
+
+    @staticmethod
+    def headline(stats):
+        return {"mAP": stats["mean_ap"], "acc@0.5": stats["mean_acc_at_0.5"]}
 
 
 class GeolocalizationAdapter(_CenterCropAdapter):
@@ -316,7 +356,8 @@ class SegmentationAdapter(TaskAdapter):
 
 #: task kind (as written in the metadata) -> its adapter
 ADAPTERS: dict[str, type[TaskAdapter]] = {a.kind: a for a in (DetectionAdapter, ClassificationAdapter,
-                                                              GeolocalizationAdapter, SegmentationAdapter)}
+                                                              GeolocalizationAdapter, SegmentationAdapter,
+                                                              AttributesAdapter)}
 
 
 def adapter_for(meta: dict[str, Any]) -> TaskAdapter:

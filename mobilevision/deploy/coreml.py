@@ -7,6 +7,7 @@ checked against its spec after writing (:func:`check_coreml`).
   files take the training resolution (fit the image and pad, ``preprocess.resize = "longer_side_pad"``).
 * Classification: a Core ML classifier, ``classLabel`` (the class name) and ``classLabel_probs`` (name ->
   probability); geolocalization: ``probs`` [B, cells] (softmax; cell tokens and centres are in the metadata);
+  attributes: ``probs`` [B, attributes] (one sigmoid each; the names are in the metadata);
   segmentation: ``logits`` [B, C, H, W]; detection: ``boxes`` [B, A, 4] (xyxy input pixels) and ``scores``
   [B, A, C], selected by the app as the metadata says (``score_thresh``, ``nms_thresh``, ...).
 * Detection with ``nms=True``: the pipeline Apple's Vision framework runs as an object detector
@@ -60,14 +61,17 @@ class _CoreMLHead(nn.Module):
     decoded boxes for detection (``vision``: the scores [A, C] and centre-size boxes [A, 4] as fractions of the
     image of the one image in the batch, what Core ML's NMS model takes)."""
 
-    def __init__(self, network: nn.Module, decoder: nn.Module | None, softmax: bool, vision: bool = False) -> None:
+    def __init__(self, network: nn.Module, decoder: nn.Module | None, activation: str | None,
+                 vision: bool = False) -> None:
         super().__init__()
-        self.network, self.decoder, self.softmax, self.vision = network, decoder, softmax, vision
+        self.network, self.decoder, self.activation, self.vision = network, decoder, activation, vision
 
     def forward(self, image: torch.Tensor):
         out = self.network(image)
         if self.decoder is None:
-            return out.softmax(dim=1) if self.softmax else out
+            if self.activation == "softmax":
+                return out.softmax(dim=1)
+            return out.sigmoid() if self.activation == "sigmoid" else out
         boxes, scores = self.decoder(*out)
         if not self.vision:
             return boxes, scores
@@ -146,12 +150,13 @@ def export_coreml(task: nn.Module, output: str | os.PathLike, *, ckpt: dict[str,
         raise UserError(f"nms is for detection models; this checkpoint is {kind}")
     if nms and batch != 1:
         raise UserError("the Vision pipeline (--nms) takes one image: --batch 1")
-    network, decoder = deployable(task)
-    module = _CoreMLHead(network, decoder, softmax=kind in ("classification", "geolocalization"), vision=nms).eval()
+    network, decoder = deployable(task, meta["mean"], meta["std"])
+    activation = {"classification": "softmax", "geolocalization": "softmax", "attributes": "sigmoid"}.get(kind)
+    module = _CoreMLHead(network, decoder, activation, vision=nms).eval()
     h, w = meta["image_size"]
     example = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
     outputs = {"detection": ["boxes", "scores"], "classification": ["classLabel", "classLabel_probs"],
-               "geolocalization": ["probs"], "segmentation": ["logits"]}[kind]
+               "geolocalization": ["probs"], "segmentation": ["logits"], "attributes": ["probs"]}[kind]
     if nms:
         outputs = ["confidence", "coordinates"]
     meta.update(format="coreml", int8=False, batch=batch, nms=nms, outputs=outputs, precision="float16",

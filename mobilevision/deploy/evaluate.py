@@ -10,7 +10,7 @@ import torch
 from pytorch_lightning import LightningDataModule
 
 from ..errors import UserError
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .predictor import Predictor
 
 __all__ = ["checkpoint_data_args", "datamodule_of", "evaluate_predictor", "latency_ms"]
@@ -39,9 +39,10 @@ def datamodule_of(task, ckpt: dict[str, Any], batch_size: int = 32) -> Lightning
     return dm
 
 
-def _unnormalize(images: torch.Tensor) -> np.ndarray:
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+def _unnormalize(images: torch.Tensor, dm: LightningDataModule) -> np.ndarray:
+    """The loader's images back in [0, 1], by the data module's normalization (ImageNet's without one)."""
+    mean = torch.tensor(getattr(dm, "mean", IMAGENET_MEAN)).view(1, 3, 1, 1)
+    std = torch.tensor(getattr(dm, "std", IMAGENET_STD)).view(1, 3, 1, 1)
     return (images.float() * std + mean).numpy()
 
 
@@ -58,7 +59,7 @@ def evaluate_predictor(predictor: Predictor, dm: LightningDataModule, max_batche
     for i, batch in enumerate(loader):
         if i >= total:
             break
-        adapter.update(metrics, predictor, batch, _unnormalize(batch[0]))
+        adapter.update(metrics, predictor, batch, _unnormalize(batch[0], dm))
         if progress is not None:
             progress(i + 1, total)
     return adapter.summarize(metrics)

@@ -154,7 +154,7 @@ def export_executorch(task: nn.Module, output: str | os.PathLike, *, ckpt: dict[
 
     meta = metadata_of(task, ckpt)
     meta = static_metadata(meta)  # segmentation: a static input at the training resolution
-    network, decoder = deployable(task)
+    network, decoder = deployable(task, meta["mean"], meta["std"])
     h, w = meta["image_size"]
     example = torch.rand(int(batch), 3, h, w, generator=torch.Generator().manual_seed(0))
     int8 = calibration is not None

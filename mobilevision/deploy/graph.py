@@ -10,15 +10,15 @@ predictions by construction (and the tests check that ONNX Runtime agrees).
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import nn
 from torchvision.ops import clip_boxes_to_image
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..detection import BoxCoder
-from ..tasks import ClassificationTask, DetectionTask, GeolocalizationTask, SegmentationTask
+from ..tasks import AttributesTask, ClassificationTask, DetectionTask, GeolocalizationTask, SegmentationTask
 from ..tasks.checkpoint import load_checkpoint, load_task
 from .adapters import ADAPTERS
 
@@ -29,7 +29,7 @@ FORMAT_VERSION = 1
 
 #: task kind (as written in the metadata and the output files) -> LightningModule class
 TASK_CLASSES = {"detection": DetectionTask, "classification": ClassificationTask,
-                "geolocalization": GeolocalizationTask, "segmentation": SegmentationTask}
+                "geolocalization": GeolocalizationTask, "segmentation": SegmentationTask, "attributes": AttributesTask}
 
 
 def task_kind(task: nn.Module) -> str:
@@ -48,6 +48,8 @@ def load_any_task(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     by_name = {cls.__name__: cls for cls in TASK_CLASSES.values()}
     if class_name in by_name:
         cls = by_name[class_name]
+    elif "num_attributes" in hp:
+        cls = AttributesTask
     elif "num_cells" in hp or "cell_location" in hp:  # checkpoints written without LightningCLI
         cls = GeolocalizationTask
     elif "output_stride" in hp and "head" in hp:
@@ -118,15 +120,17 @@ class Deployable(NamedTuple):
     decoder: "DetectionDecoder | None"
 
 
-def deployable(task: nn.Module) -> Deployable:
-    """The eval-mode network of ``task`` (MobileOne folded) behind normalization, and for detection the decoder
-    at the training resolution. Copies: the task is left as it is."""
+def deployable(task: nn.Module, mean: Sequence[float] = IMAGENET_MEAN,
+               std: Sequence[float] = IMAGENET_STD) -> Deployable:
+    """The eval-mode network of ``task`` (MobileOne folded) behind normalization by ``mean`` / ``std`` (those it
+    was trained with: ``metadata_of(task, ckpt)["mean"]`` / ``["std"]``), and for detection the decoder at the
+    training resolution. Copies: the task is left as it is."""
     kind = task_kind(task)
     network = task.export_model() if hasattr(task, "export_model") else task.model
     # weights in the standard layout: a task trained with channels_last keeps its weights so, which exporters (XNNPACK's
     # layout pass, Core ML) do not take
     network = network.float().to(memory_format=torch.contiguous_format).eval()
-    net = NormalizedNetwork(network, detection=kind == "detection").eval()
+    net = NormalizedNetwork(network, detection=kind == "detection", mean=mean, std=std).eval()
     if kind != "detection":
         return Deployable(net, None)
     size = _square(task.hparams.image_size)
@@ -142,7 +146,9 @@ def metadata_of(task: nn.Module, ckpt: dict[str, Any] | None = None) -> dict[str
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "task": kind, "backbone": hp.backbone, "image_size": list(size),
         "input": "float32 NCHW RGB in [0, 1]; normalization is inside the model",
-        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+        # the normalization the data module trained with (None or absent: ImageNet's)
+        "mean": [float(m) for m in data_hp.get("mean") or IMAGENET_MEAN],
+        "std": [float(v) for v in data_hp.get("std") or IMAGENET_STD],
     }
     meta.update(ADAPTERS[kind].metadata(task, data_hp))
     return meta

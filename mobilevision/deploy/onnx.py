@@ -177,7 +177,7 @@ def export_onnx(task: nn.Module, output: str | os.PathLike, *, ckpt: dict[str, A
     meta = metadata_of(task, ckpt)
     if nms and meta["task"] != "detection":
         raise UserError(f"nms is for detection models; this checkpoint is {meta['task']}")
-    network, decoder = deployable(task)
+    network, decoder = deployable(task, meta["mean"], meta["std"])
     h, w = meta["image_size"]
     example = torch.rand(2 if dynamic else int(batch), 3, h, w)
     outputs = ["cls_logits", "bbox_regression"] if decoder is not None else ["logits"]

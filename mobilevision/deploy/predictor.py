@@ -39,7 +39,8 @@ class Predictor:
     * segmentation: ``mask``, the label map [H, W] at the image's own size (uint8 up to 256 classes), and
       ``fractions``, each class's share of the pixels. As validation scores: the image at its own size and aspect
       (shorter side resized to the data's ``eval_size`` when it had one), each image alone (no padding reaches the
-      network's global pooling), the logits resized back bilinearly before the argmax.
+      network's global pooling), the logits resized back bilinearly before the argmax;
+    * attributes: ``probs`` [A] (one sigmoid per attribute) and the names of those ``present`` (probability >= 0.5).
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "cpu", score_thresh: float | None = None,
@@ -63,7 +64,7 @@ class Predictor:
             self.exported = None
             task, ckpt = load_any_task(path)
             self.meta = metadata_of(task, ckpt)
-            network, decoder = deployable(task)
+            network, decoder = deployable(task, self.meta["mean"], self.meta["std"])
             self.network = network.to(self.device)
             self.decoder = decoder.to(self.device) if decoder is not None else None
         self.kind: str = self.meta["task"]

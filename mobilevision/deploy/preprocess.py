@@ -1,6 +1,6 @@
 """The validation resize of each task, as an exported model's metadata prescribes it, with OpenCV alone: inference
 from an ONNX or ExecuTorch file needs neither albumentations nor the data modules. Every resize shrinks by area
-averaging and enlarges bilinearly, as training and validation do (the data modules' albumentations pipelines;
+averaging and enlarges bilinearly (bicubic where the metadata says so), as training and validation do (the data modules' albumentations pipelines;
 the tests check that both give the same pixels).
 
 All functions take and return RGB uint8 HxWx3 arrays.
@@ -26,14 +26,18 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def shorter_side_to(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` scaled (aspect kept) so that its shorter side is ``size``; sides rounded to the nearest pixel."""
+_ENLARGE = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
+
+
+def shorter_side_to(image: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """``image`` scaled (aspect kept) so that its shorter side is ``size``; sides rounded to the nearest pixel;
+    enlarged by ``interpolation`` (``"bilinear"`` or ``"bicubic"``), shrunk by area averaging."""
     h, w = image.shape[:2]
     scale = size / min(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if (nh, nw) == (h, w):
         return image
-    return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR)
+    return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1.0 else _ENLARGE[interpolation])
 
 
 def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -81,5 +85,8 @@ def resize_for(meta: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
         return lambda image: letterbox(image, (h, w), fill)
     if kind == "short_side_center_crop":  # classification, geolocalization
         short = max(h, int(h / float(preprocess["resize_ratio"])))
-        return lambda image: center_crop(shorter_side_to(image, short), h, w)
+        interpolation = preprocess.get("interpolation", "bilinear")
+        if interpolation not in _ENLARGE:
+            raise ValueError(f"unknown interpolation {interpolation!r} in the model's metadata")
+        return lambda image: center_crop(shorter_side_to(image, short, interpolation), h, w)
     raise ValueError(f"unknown preprocessing {kind!r} in the model's metadata")

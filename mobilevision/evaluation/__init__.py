@@ -75,3 +75,8 @@ __all__ += [
 from .segmentation import evaluate_mask_folders, segmentation_metrics, summarize_confusion  # noqa: E402
 
 __all__ += ["evaluate_mask_folders", "segmentation_metrics", "summarize_confusion"]
+
+# multi-label attributes: average precision per attribute and its mean, tuned thresholds
+from .attributes import AttributeMetrics, attribute_stats, read_attribute_scores, save_attribute_ap_png  # noqa: E402
+
+__all__ += ["AttributeMetrics", "attribute_stats", "read_attribute_scores", "save_attribute_ap_png"]

@@ -12,8 +12,9 @@ of 8, the last 1x1 conv never below 1280), so its MAdds are within 1 M of the pu
 / 97 / 59 M at 224 for 1.4 / 1.3 / 1.0 / 0.75 / 0.5 / 0.35). The detection grid is SSDLite on each of these backbones (one
 point per backbone width, at :data:`DETECTION_SIZES`).
 
-Accuracy: :file:`imagenet_accuracy.csv` (next to this module) holds the published ImageNet-1k top-1 of every grid
-point with its source per row: TF-slim's checkpoint tables for MobileNetV1 (float) and V2, the authors' README
+Accuracy: the backbones' published top-1 table (``mobilevision/backbones/published_top1.csv``, read by
+:func:`mobilevision.backbones.load_published_top1` and passed in here) holds the published ImageNet-1k top-1 of every
+grid point with its source per row: TF-slim's checkpoint tables for MobileNetV1 (float) and V2, the authors' README
 for EfficientNet (the released AutoAugment checkpoints, the only published row with B0-B7 complete) and Apple's
 README for MobileOne. None of these numbers is measured by this project. A point without a published figure has
 none (``accuracy is None``): it is listed, never put on the front or picked, and never estimated.
@@ -25,18 +26,18 @@ i.e. a detection candidate's score is ``(top1, image_size)``, compared lexicogra
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from .complexity import spearman
 
-__all__ = ["ACCURACY_FILE", "DETECTION_SIZES", "FAMILIES", "STATISTICS", "TASKS", "Accuracy", "Candidate",
+if TYPE_CHECKING:
+    from ..backbones import PublishedTop1
+
+__all__ = ["DETECTION_SIZES", "FAMILIES", "STATISTICS", "TASKS", "AccuracyTable", "Candidate",
            "GridPoint", "candidate_grid", "choose", "fastest", "format_width", "latency_madds_correlation",
-           "load_published_accuracy", "pareto_front", "published_accuracy"]
+           "pareto_front", "published_accuracy"]
 
 FAMILIES = ("mobilenet_v1", "mobilenet_v2", "mobileone", "efficientnet")
 TASKS = ("classification", "ssdlite")
@@ -44,7 +45,8 @@ TASKS = ("classification", "ssdlite")
 DETECTION_SIZES = (320, 256, 192)
 #: latency statistics a front / budget can use (keys of a measurement)
 STATISTICS = {"p90": "p90_ms", "median": "median_ms"}
-ACCURACY_FILE = "imagenet_accuracy.csv"
+#: ``{(backbone, width, resolution): PublishedTop1}``, as :func:`mobilevision.backbones.load_published_top1` reads it
+AccuracyTable = Mapping[tuple[str, "float | None", int], "PublishedTop1"]
 
 MOBILENET_V1_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 MOBILENET_V1_RESOLUTIONS = (224, 192, 160, 128)
@@ -80,10 +82,10 @@ class GridPoint:
         return self.backbone if self.width is None else f"{self.backbone} x{format_width(self.width)}"
 
 
-def _backbone_points() -> dict[str, list[tuple[str, float | None, int]]]:
+def _backbone_points(table: AccuracyTable) -> dict[str, list[tuple[str, float | None, int]]]:
     """family -> [(backbone, width, ImageNet resolution)] of the classification grid; EfficientNet at each variant's
-    own resolution, as the accuracy file lists it."""
-    own = {backbone: r for backbone, width, r in load_published_accuracy() if backbone.startswith("efficientnet_")}
+    own resolution, as the accuracy table lists it."""
+    own = {backbone: r for backbone, width, r in table if backbone.startswith("efficientnet_")}
     return {
         "mobilenet_v1": [("mobilenet_v1", w, r) for w in MOBILENET_V1_WIDTHS for r in MOBILENET_V1_RESOLUTIONS],
         "mobilenet_v2": [("mobilenet_v2", w, r) for w, r in MOBILENET_V2_POINTS],
@@ -96,9 +98,10 @@ def _classification_name(backbone: str, width: float | None, resolution: int) ->
     return backbone if width is None else f"{backbone}_{format_width(width)}_{resolution}"
 
 
-def candidate_grid(task: str, families: Iterable[str] = FAMILIES,
+def candidate_grid(task: str, table: AccuracyTable, families: Iterable[str] = FAMILIES,
                    sizes: Sequence[int] = DETECTION_SIZES) -> list[GridPoint]:
-    """The published grid of ``families`` for ``task``.
+    """The published grid of ``families`` for ``task`` (``table``: the published top-1, which also gives
+    EfficientNet's resolutions).
 
     ``classification``: every published (width, resolution) point. ``ssdlite``: the detector on each backbone
     width of the grid (MobileNetV1 4 widths, MobileNetV2 6, MobileOne S0-S4, EfficientNet B0-B7) at each of
@@ -110,7 +113,7 @@ def candidate_grid(task: str, families: Iterable[str] = FAMILIES,
     if unknown or not families:
         raise ValueError(f"unknown families {unknown}; choose from {', '.join(FAMILIES)}")
     points: list[GridPoint] = []
-    grid = _backbone_points()
+    grid = _backbone_points(table)
     for family in FAMILIES:
         if family not in families:
             continue
@@ -129,38 +132,10 @@ def candidate_grid(task: str, families: Iterable[str] = FAMILIES,
 
 # -- published accuracy ----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Accuracy:
-    """A published ImageNet-1k top-1 (percent), the name it is published under and where."""
-
-    top1: float
-    published_name: str
-    source: str
-
-
-def _width_key(width: float | str | None) -> float | None:
-    return None if width in (None, "") else round(float(width), 4)
-
-
-def load_published_accuracy(path: str | Path | None = None) -> dict[tuple[str, float | None, int], Accuracy]:
-    """The accuracy file (default: the one shipped with the package) as ``{(backbone, width, resolution): Accuracy}``;
-    ``width`` is None for the families without a multiplier (MobileOne, EfficientNet)."""
-    if path is None:
-        text = resources.files(__package__).joinpath(ACCURACY_FILE).read_text(encoding="utf-8")
-    else:
-        text = Path(path).read_text(encoding="utf-8")
-    table = {}
-    for row in csv.DictReader(text.splitlines()):
-        key = (row["backbone"], _width_key(row["width"]), int(row["resolution"]))
-        if key in table:
-            raise ValueError(f"{path or ACCURACY_FILE}: two rows for {key}")
-        table[key] = Accuracy(float(row["top1"]), row["published_name"], row["source"])
-    return table
-
-
-def published_accuracy(point: GridPoint, table: dict[tuple[str, float | None, int], Accuracy]) -> Accuracy | None:
+def published_accuracy(point: GridPoint, table: AccuracyTable) -> PublishedTop1 | None:
     """The published top-1 of ``point``'s network (its backbone's, for a detector), None when none is published."""
-    return table.get((point.backbone, _width_key(point.width), point.accuracy_resolution))
+    width = None if point.width is None else round(float(point.width), 4)
+    return table.get((point.backbone, width, point.accuracy_resolution))
 
 
 # -- candidates, Pareto front, budget ----------------------------------------------------------------
@@ -171,7 +146,7 @@ class Candidate:
     ``{"median_ms", "p90_ms", ...}`` dict)."""
 
     point: GridPoint
-    accuracy: Accuracy | None = None
+    accuracy: PublishedTop1 | None = None
     madds: int | None = None
     params: int | None = None
     latency: dict[str, Any] | None = None

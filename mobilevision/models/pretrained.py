@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 
+from ..backbones import get_backbone_cfg, list_backbones
 from ..errors import UserError
 
 if TYPE_CHECKING:
@@ -43,20 +44,13 @@ _SOURCES = {
     "timm": (r"^(|.*?\.)(?:conv_stem\.weight|stem\.conv_kxk\.0\.conv\.weight)$", "", ("classifier.", "head.")),
 }
 
-# weights="imagenet": torchvision weights enum or timm model name per backbone.
-_IMAGENET = {"mobilenet_v1": ("timm", "mobilenetv1_100"),
-             "mobilenet_v2": ("torchvision", "MobileNet_V2_Weights.IMAGENET1K_V1"),
-             **{f"efficientnet_b{i}": ("torchvision", f"EfficientNet_B{i}_Weights.IMAGENET1K_V1") for i in range(8)},
-             **{f"mobileone_s{i}": ("timm", f"mobileone_s{i}") for i in range(5)}}
-
 def imagenet_weights(backbone: str, width: float | None = None) -> str | None:
     """What ``weights="imagenet"`` loads for ``backbone`` at ``width`` (``"torchvision MobileNet_V2_Weights..."``,
-    ``"timm mobileone_s0"``), or None: ImageNet weights exist here only for the registered variants at their own
-    width (width None or 1.0)."""
-    if backbone not in _IMAGENET or (width is not None and float(width) != 1.0):
+    ``"timm mobileone_s0.apple_in1k"``: the backbone's :class:`~mobilevision.backbones.BackboneCfg`), or None:
+    ImageNet weights exist only for the registered variants at their own width (width None or 1.0)."""
+    if backbone not in list_backbones() or (width is not None and float(width) != 1.0):
         return None
-    source, name = _IMAGENET[backbone]
-    return f"{source} {name}"
+    return get_backbone_cfg(backbone).weights
 
 
 # BatchNorm eps of sources whose layers differ from ours (torchvision builds EfficientNet-B5..B7 with 1e-3,
@@ -115,9 +109,11 @@ def _is_state_dict(obj: Mapping) -> bool:
 
 
 def _fetch_imagenet(name: str) -> dict[str, torch.Tensor]:
-    if name not in _IMAGENET:
-        raise UserError(f"no ImageNet weights known for {name!r}; known: {', '.join(sorted(_IMAGENET))}")
-    library, ref = _IMAGENET[name]
+    cfg = get_backbone_cfg(name) if name in list_backbones() else None
+    if cfg is None or cfg.weights_source is None:
+        known = [b for b in list_backbones() if get_backbone_cfg(b).weights]
+        raise UserError(f"no ImageNet weights known for {name!r}; known: {', '.join(known)}")
+    library, ref = cfg.weights_source
     try:
         if library == "torchvision":
             from torchvision.models import get_weight

@@ -19,3 +19,8 @@ __all__ += ["GeolocalizationTask"]
 from .segmentation import SegmentationTask  # noqa: E402
 
 __all__ += ["SegmentationTask"]
+
+# multi-label attributes (the MobileNet paper's Table 12)
+from .attributes import AttributesTask  # noqa: E402
+
+__all__ += ["AttributesTask"]

@@ -9,13 +9,14 @@ import torch.nn.functional as F
 
 from ..evaluation.classification import classification_metrics, summarize_metrics
 from ._backbone import BackboneTask, is_reparameterizable
+from .distill import DistillationMixin, soft_cross_entropy
 from ._optim import OptimizerName
 from .checkpoint import check_finite_loss, check_same_labels
 
 __all__ = ["ClassificationTask", "is_reparameterizable"]
 
 
-class ClassificationTask(BackboneTask):
+class ClassificationTask(DistillationMixin, BackboneTask):
     """Train and evaluate an :class:`~mobilevision.models.ImageClassifier` (backbone + pool + dropout + linear).
 
     Args:
@@ -46,6 +47,10 @@ class ClassificationTask(BackboneTask):
         eval_folded: validate / test / predict with a re-parameterized copy of the network (MobileOne's
             branches folded into one conv per layer: the same outputs up to float rounding, faster). No
             effect on backbones without branches.
+        teacher, teacher_weights, teacher_image_size, distill_temperature, distill_weight: knowledge distillation
+            (:mod:`mobilevision.tasks.distill`): a classification checkpoint, or ``torchvision:<name>`` /
+            ``timm:<name>`` with a state dict file; the temperature T and the weight of the soft loss (the
+            cross-entropy gets ``1 - distill_weight``).
     """
 
     def __init__(
@@ -70,9 +75,15 @@ class ClassificationTask(BackboneTask):
         channels_last: bool = False,
         eval_folded: bool = True,
         class_names: list[str] | None = None,
+        teacher: str | None = None,
+        teacher_weights: str | None = None,
+        teacher_image_size: int | None = None,
+        distill_temperature: float = 4.0,
+        distill_weight: float = 0.5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.init_distillation()
         self.build_model(num_classes, dropout)
         self.val_metrics = classification_metrics(num_classes)
         self.test_metrics = classification_metrics(num_classes)
@@ -83,11 +94,18 @@ class ClassificationTask(BackboneTask):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        if self.hparams.teacher:
+            soft = soft_cross_entropy(logits, self.teacher_logits(images, logits), self.hparams.distill_temperature)
+            self.log("train/loss_soft", soft, batch_size=len(images))
+            loss = self.mix(loss, soft)
         check_finite_loss(self, {"loss": loss})
         acc = (logits.detach().argmax(dim=1) == labels).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         self.log("train/acc1", acc, on_step=False, on_epoch=True, batch_size=len(images))
         return loss
+
+    def distillation_outputs(self) -> int:
+        return int(self.hparams.num_classes)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume (or validate a checkpoint) on data whose classes differ from the checkpoint's."""

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..evaluation.coco_map import COCOEvaluator, scale_boxes
 from ..models import SSDLite
 from ._backbone import BackboneTask
 from ._optim import OptimizerName
 from .checkpoint import check_finite_loss, check_same_labels
+from .distill import DistillationMixin, detection_distillation_loss
 
 # COCOeval stat key -> logged metric name (torchmetrics' MeanAveragePrecision naming)
 METRIC_NAMES = {"AP": "map", "AP50": "map_50", "AP75": "map_75", "APs": "map_small", "APm": "map_medium",
@@ -19,7 +22,7 @@ METRIC_NAMES = {"AP": "map", "AP50": "map_50", "AP75": "map_75", "APs": "map_sma
                 "ARm": "mar_medium", "ARl": "mar_large"}
 
 
-class DetectionTask(BackboneTask):
+class DetectionTask(DistillationMixin, BackboneTask):
     """Train and evaluate an :class:`~mobilevision.models.SSDLite` detector.
 
     Args:
@@ -52,6 +55,12 @@ class DetectionTask(BackboneTask):
         label_to_category_id: contiguous label -> dataset category id (linked from the data module);
             kept in the checkpoint so predictions can be mapped back without the dataset.
         eval_backend: ``pycocotools`` or ``faster_coco_eval``.
+        teacher, teacher_image_size, distill_temperature, distill_weight: knowledge distillation from an SSDLite
+            checkpoint with the student's default boxes (the same ``image_size``, ``first_stride``, ``min_ratio``
+            and ``max_ratio``; any backbone), after Chen et al. 2017
+            (:func:`~mobilevision.tasks.distill.detection_distillation_loss`): the loss is
+            ``(1 - w) loss_cls + w loss_soft + loss_box + w loss_bounded`` with ``w = distill_weight``.
+            ``teacher_weights`` is for torchvision / timm teachers, which detection does not take.
     """
 
     def __init__(
@@ -82,9 +91,17 @@ class DetectionTask(BackboneTask):
         label_to_category_id: list[int] | None = None,
         category_names: list[str] | None = None,
         eval_backend: str = "pycocotools",
+        teacher: str | None = None,
+        teacher_weights: str | None = None,
+        teacher_image_size: int | None = None,
+        distill_temperature: float = 1.0,
+        distill_weight: float = 0.5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if teacher is not None and not os.path.isfile(teacher):
+            raise UserError(f"a detection teacher is an SSDLite checkpoint file (.ckpt); got {teacher!r}")
+        self.init_distillation()
         self.attach_model(SSDLite(backbone, num_classes, image_size, width, backbone_kwargs, first_stride=first_stride,
                                   min_ratio=min_ratio, max_ratio=max_ratio, score_thresh=score_thresh, nms_thresh=nms_thresh,
                                   detections_per_img=detections_per_img))
@@ -97,6 +114,9 @@ class DetectionTask(BackboneTask):
         super().on_load_checkpoint(checkpoint)
         check_same_labels(self, checkpoint, ("num_classes", "label_to_category_id", "category_names"))
 
+    def distillation_outputs(self) -> int:
+        return int(self.hparams.num_classes)
+
     def optimizer_modules(self) -> list[tuple[nn.Module, float]]:
         if self.hparams.backbone_lr_scale == 1.0:  # the whole network in one pair of groups: older checkpoints resume
             return [(self.model, 1.0)]
@@ -105,7 +125,15 @@ class DetectionTask(BackboneTask):
     # -- steps ------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        losses = self.model.compute_loss(self(images), targets)
+        outputs = self(images)
+        losses = self.model.compute_loss(outputs, targets)
+        if self.hparams.teacher:
+            kd = detection_distillation_loss(outputs, self.teacher_outputs(images), targets, self.model.box_coder,
+                                             self.hparams.distill_temperature, self.model.iou_threshold)
+            w = float(self.hparams.distill_weight)
+            losses.update(kd)
+            losses["loss"] = (1 - w) * losses["loss_cls"] + w * kd["loss_soft"] + losses["loss_box"] + \
+                w * kd["loss_bounded"]
         check_finite_loss(self, losses)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(images))
         return losses["loss"]

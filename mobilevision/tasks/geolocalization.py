@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from ..evaluation.geolocalization import GEO_THRESHOLDS_KM, GeoAccuracy
 from ..geo.cells import CellPartition
 from ..geo.distance import locations_from_logits
+from ..errors import UserError
 from ._backbone import BackboneTask
 from ._optim import OptimizerName
 from .checkpoint import check_finite_loss
+from .distill import DistillationMixin, soft_cross_entropy
 
 __all__ = ["GeolocalizationTask"]
 
@@ -23,7 +25,7 @@ CellLocationMode = Literal["center", "mean"]
 
 
 
-class GeolocalizationTask(BackboneTask):
+class GeolocalizationTask(DistillationMixin, BackboneTask):
     """Classify photos into the cells of a :class:`~mobilevision.geo.CellPartition` and predict coordinates.
 
     Args:
@@ -41,6 +43,9 @@ class GeolocalizationTask(BackboneTask):
         predict: ``"argmax"`` (the most probable cell's location, PlaNet) or ``"topk"`` (the probability-weighted
             spherical mean of the ``top_k`` most probable cells' locations).
         cell_location: a cell's location: its S2 ``"center"`` or the ``"mean"`` of its training photos.
+        teacher, teacher_weights, teacher_image_size, distill_temperature, distill_weight: knowledge distillation
+            (:mod:`mobilevision.tasks.distill`) from a geolocalization checkpoint with the same cells, or a
+            torchvision / timm network with one output per cell.
     """
 
     def __init__(
@@ -68,6 +73,11 @@ class GeolocalizationTask(BackboneTask):
         ema_decay: float | None = None,
         channels_last: bool = False,
         eval_folded: bool = True,
+        teacher: str | None = None,
+        teacher_weights: str | None = None,
+        teacher_image_size: int | None = None,
+        distill_temperature: float = 4.0,
+        distill_weight: float = 0.5,
     ) -> None:
         super().__init__()
         if isinstance(partition, dict):
@@ -88,6 +98,7 @@ class GeolocalizationTask(BackboneTask):
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.save_hyperparameters(ignore=["partition"])  # the partition is in the buffers
         self.hparams.num_cells = num_cells
+        self.init_distillation()
         self.build_model(num_cells, dropout)
         self.register_buffer("cell_ids", torch.zeros(num_cells, dtype=torch.int64))
         self.register_buffer("cell_centers", torch.zeros(num_cells, 2, dtype=torch.float64))
@@ -101,6 +112,15 @@ class GeolocalizationTask(BackboneTask):
         self.val_metrics = GeoAccuracy()
         self.test_metrics = GeoAccuracy()
         self.last_metrics: dict[str, float] = {}
+
+    def distillation_outputs(self) -> int:
+        return int(self.hparams.num_cells)
+
+    def check_teacher(self, teacher) -> None:
+        """A teacher checkpoint must predict the student's cells."""
+        if teacher.task is not None and not torch.equal(teacher.task.cell_ids.cpu(), self.cell_ids.cpu()):
+            raise UserError(f"teacher {teacher.source} predicts other cells than the student (a partition built "
+                            "from other photos or with other options): distillation needs the same cells")
 
     # -- the partition ---------------------------------------------------------------------------------
     def set_partition(self, partition: CellPartition) -> None:
@@ -189,6 +209,10 @@ class GeolocalizationTask(BackboneTask):
         images, cells, _ = batch
         logits = self(images)
         loss = self.loss(logits, cells)
+        if self.hparams.teacher:
+            soft = soft_cross_entropy(logits, self.teacher_logits(images, logits), self.hparams.distill_temperature)
+            self.log("train/loss_soft", soft, batch_size=len(images))
+            loss = self.mix(loss, soft)
         check_finite_loss(self, {"loss": loss})
         valid = cells >= 0
         acc = (logits.detach().argmax(dim=1)[valid] == cells[valid]).float().mean() if valid.any() else loss * 0
