@@ -54,8 +54,6 @@ def _thresholds(path: Path | None, names: list[str]) -> list[float] | None:
     try:
         per = json.loads(Path(path).read_text())["per_attribute"]
         return [float(per[n]["threshold"]) for n in names]
-    except FileNotFoundError:
-        raise
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not the stats JSON of an attributes evaluation with a threshold for each of "
                         f"{first_few(names)} ({type(e).__name__}: {e})") from e
@@ -93,7 +91,7 @@ def _from_checkpoint(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tens
 
 
 def _from_files(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
-    from ..data.attributes import UNKNOWN, read_attribute_csv
+    from ..data.attributes import read_attribute_csv
     from ..evaluation.attributes import read_attribute_scores
 
     if args.ground_truth is None:
@@ -120,8 +118,7 @@ def _from_files(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, l
     if unmatched:
         raise UserError(f"{args.predictions}: no prediction for {len(unmatched)} of the {len(gt.files)} images of "
                         f"{args.ground_truth}: {first_few(unmatched)}")
-    labels = torch.as_tensor(gt.labels.astype("float32"))
-    labels[labels == UNKNOWN] = -1
+    labels = torch.as_tensor(gt.labels.astype("float32"))  # UNKNOWN (-1) stays -1: left out of the metrics
     return scores[rows][:, columns], labels, list(gt.names), f"{args.ground_truth} ({len(rows)} images)"
 
 

@@ -266,6 +266,7 @@ class AttributesDataModule(TrainValDataModule):
         self.generation = {"num_train": int(glyph_attributes_train), "num_val": int(glyph_attributes_val),
                            "image_size": int(glyph_attributes_image_size), "seed": int(glyph_attributes_seed)}
         self._names: list[str] | None = None
+        self._train_csv_samples: AttributeSamples | None = None  # read once: for the names, then for training
         if dataset == "glyph_attributes":
             ensure_glyph_attributes_dataset(self.root, **self.generation)
 
@@ -283,7 +284,8 @@ class AttributesDataModule(TrainValDataModule):
                     f.readline()
                     self._names = f.readline().split()
             else:
-                self._names = read_attribute_csv(self.train_csv, self.image_root).names
+                self._train_csv_samples = read_attribute_csv(self.train_csv, self.image_root)
+                self._names = self._train_csv_samples.names
         return self._names
 
     @property
@@ -293,8 +295,10 @@ class AttributesDataModule(TrainValDataModule):
     def _samples(self, split: str) -> AttributeSamples:
         if self.dataset == "celeba":
             return read_celeba(self.root, 0 if split == "train" else self.celeba_val_partition)
-        path = self.train_csv if split == "train" else self.val_csv
-        return read_attribute_csv(path, self.image_root, self.attribute_names)
+        names = self.attribute_names
+        if split == "train" and self._train_csv_samples is not None:
+            return self._train_csv_samples
+        return read_attribute_csv(self.train_csv if split == "train" else self.val_csv, self.image_root, names)
 
     @property
     def _pipeline(self) -> dict[str, Any]:

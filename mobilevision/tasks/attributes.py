@@ -98,9 +98,6 @@ class AttributesTask(DistillationMixin, BackboneTask):
             raise UserError(f"pos_weight must be one positive number or {n} of them, got {value}")
         return torch.tensor(values)
 
-    def distillation_outputs(self) -> int:
-        return int(self.hparams.num_attributes)
-
     # -- steps ------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch

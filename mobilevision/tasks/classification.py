@@ -104,9 +104,6 @@ class ClassificationTask(DistillationMixin, BackboneTask):
         self.log("train/acc1", acc, on_step=False, on_epoch=True, batch_size=len(images))
         return loss
 
-    def distillation_outputs(self) -> int:
-        return int(self.hparams.num_classes)
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume (or validate a checkpoint) on data whose classes differ from the checkpoint's."""
         super().on_load_checkpoint(checkpoint)

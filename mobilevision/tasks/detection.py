@@ -114,9 +114,6 @@ class DetectionTask(DistillationMixin, BackboneTask):
         super().on_load_checkpoint(checkpoint)
         check_same_labels(self, checkpoint, ("num_classes", "label_to_category_id", "category_names"))
 
-    def distillation_outputs(self) -> int:
-        return int(self.hparams.num_classes)
-
     def optimizer_modules(self) -> list[tuple[nn.Module, float]]:
         if self.hparams.backbone_lr_scale == 1.0:  # the whole network in one pair of groups: older checkpoints resume
             return [(self.model, 1.0)]

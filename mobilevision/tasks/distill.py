@@ -208,8 +208,9 @@ class DistillationMixin:
         self._teachers = []  # a plain list: the teacher is no submodule (not saved, not wrapped by DDP)
 
     def distillation_outputs(self) -> int:
-        """How many outputs the teacher must have (the student's)."""
-        raise NotImplementedError
+        """How many outputs the teacher must have: the student's (its classifier's width; SSDLite: its classes)."""
+        fc = getattr(self.model, "fc", None)
+        return int(fc.out_features) if fc is not None else int(self.hparams.num_classes)
 
     @property
     def teacher(self) -> Teacher | None:

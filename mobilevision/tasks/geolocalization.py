@@ -113,9 +113,6 @@ class GeolocalizationTask(DistillationMixin, BackboneTask):
         self.test_metrics = GeoAccuracy()
         self.last_metrics: dict[str, float] = {}
 
-    def distillation_outputs(self) -> int:
-        return int(self.hparams.num_cells)
-
     def check_teacher(self, teacher) -> None:
         """A teacher checkpoint must predict the student's cells."""
         if teacher.task is not None and not torch.equal(teacher.task.cell_ids.cpu(), self.cell_ids.cpu()):
